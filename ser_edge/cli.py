@@ -1,0 +1,221 @@
+"""The ``ser-edge`` command line: a thin click layer over the library.
+
+Library code raises typed errors (``SerEdgeError``); this module alone turns them into
+one-line messages and exit codes: 0 all good, 1 some input failed, 2 usage error.
+``classify`` and ``info`` import only the edge runtime (never torch or onnx); ``train``,
+``evaluate`` and ``export`` import the training code on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import click
+
+from ser_edge.edge_runtime.audio import AUDIO_EXTENSIONS, DEFAULT_HOP_S, MAX_DURATION_S
+from ser_edge.edge_runtime.errors import NotAudioError, SerEdgeError
+
+EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
+STDIN = "-"
+
+
+def _fail(message: str, code: int = EXIT_INPUT_FAILED) -> "click.exceptions.Exit":
+    click.echo(f"error: {message}", err=True)
+    return click.exceptions.Exit(code)
+
+
+def expand_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, SerEdgeError | None]]:
+    """Files as given; directories expanded recursively to their .wav/.flac files."""
+    for raw in paths:
+        path = Path(raw)
+        if raw != STDIN and path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            if not found:
+                yield raw, NotAudioError("directory holds no .wav or .flac files", path=raw)
+            for file in found:
+                yield str(file), None
+        else:
+            yield raw, None
+
+
+def _load_classifier(model: str | None, threads: int, hop_s: float = DEFAULT_HOP_S, max_duration_s: float = MAX_DURATION_S):
+    from ser_edge.edge_runtime.session import EmotionClassifier
+
+    try:
+        return EmotionClassifier(model, threads=threads, hop_s=hop_s, max_duration_s=max_duration_s)
+    except SerEdgeError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
+
+def _table_row(path: str, label: str, confidence: float, width: int) -> str:
+    return f"{path:<{width}}  {label:<10} {confidence:6.3f}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ser-edge")
+def main() -> None:
+    """Speech emotion recognition on CPU: log-mel + ONNX, no torch needed."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="ONNX model (default: the shipped one).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines, one object per input file.")
+@click.option("--timeline", is_flag=True, help="Include per-window predictions (3 s windows).")
+@click.option("--hop", "hop_s", type=click.FloatRange(min=0.01), default=DEFAULT_HOP_S, show_default=True, help="Seconds between windows on long clips.")
+@click.option("--max-duration", "max_duration_s", type=click.FloatRange(min=0.1), default=MAX_DURATION_S, show_default=True, help="Reject clips longer than this many seconds.")
+def classify(paths, model_path, threads, as_json, timeline, hop_s, max_duration_s) -> None:
+    """Classify WAV/FLAC files or directories (recursive); '-' reads audio from stdin."""
+    classifier = _load_classifier(model_path, threads, hop_s, max_duration_s)
+    failed = 0
+    width = max(len(p) for p in paths)
+    if not as_json:
+        click.echo(f"{'file':<{width}}  {'emotion':<10} {'conf':>6}")
+    for path, error in expand_inputs(paths):
+        if error is None:
+            try:
+                if path == STDIN:
+                    prediction = classifier.predict_file(_stdin_audio())
+                    prediction = _with_path(prediction, STDIN)
+                else:
+                    prediction = classifier.predict_file(path)
+            except SerEdgeError as exc:
+                error = exc
+        if error is not None:
+            failed += 1
+            if as_json:
+                click.echo(json.dumps({"path": path, "error": error.problem}))
+            click.echo(f"error: {error}", err=True)
+            continue
+        if as_json:
+            click.echo(json.dumps(prediction.to_dict(timeline=timeline)))
+        else:
+            click.echo(_table_row(path, prediction.label, prediction.confidence, max(width, len(path))))
+            if timeline:
+                for window in prediction.windows:
+                    click.echo(f"  {window.start_s:7.2f}-{window.end_s:7.2f} s  {window.label:<10} {window.probabilities[window.label]:6.3f}")
+    if failed:
+        raise click.exceptions.Exit(EXIT_INPUT_FAILED)
+
+
+def _stdin_audio():
+    import io
+
+    data = sys.stdin.buffer.read()
+    stream = io.BytesIO(data)
+    stream.name = STDIN
+    return stream
+
+
+def _with_path(prediction, path):
+    import dataclasses
+
+    return dataclasses.replace(prediction, path=path)
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="ONNX model (default: the shipped one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as one JSON object.")
+def info(model_path, as_json) -> None:
+    """Show a model's labels, feature config, version and training provenance."""
+    classifier = _load_classifier(model_path, threads=1)
+    meta = {}
+    for key, value in sorted(classifier.metadata.items()):
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError:
+            meta[key] = value
+    if as_json:
+        click.echo(json.dumps({"path": classifier.path, **meta}, indent=2))
+        return
+    click.echo(f"model: {classifier.path}")
+    for key, value in meta.items():
+        text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        click.echo(f"{key}: {text}")
+
+
+# -- training side (imports torch on demand) ---------------------------------------------
+
+
+def _train_modules():
+    try:
+        from ser_edge.train import pipeline
+    except ImportError as exc:
+        raise _fail(f"training needs the train extra: pip install 'ser-edge[train]' ({exc})", EXIT_USAGE) from None
+    return pipeline
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/default", show_default=True, help="Run folder.")
+@click.option("--folds", type=click.IntRange(min=0), default=0, help="Actor-wise K-fold cross-validation instead of one split.")
+@click.option("--epochs", type=click.IntRange(min=1), default=150, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=12, show_default=True, help="Early-stopping patience (epochs).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--actors", help="Restrict to these actors, e.g. 1,2,3,4 (for quick runs).")
+@click.option("--augment/--no-augment", default=True, show_default=True, help="All train-time augmentation.")
+@click.option("--mixup", type=float, default=0.0, show_default=True, help="Mixup alpha (0 = off).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True, help="Feature cache folder.")
+@click.option("--strict", is_flag=True, help="Fail on any file that is not a readable RAVDESS speech clip.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, actors, augment, mixup, cache_dir, strict, quiet) -> None:
+    """Train a ParallelModel on RAVDESS-named clips with an actor-wise split."""
+    pipeline = _train_modules()
+    from ser_edge.edge_runtime.features import FeatureConfig
+    from ser_edge.models.parallel import ModelConfig
+    from ser_edge.train.augment import AugmentConfig
+    from ser_edge.train.data import split_actors
+    from ser_edge.train.trainer import TrainConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _fail("--device cuda given but no CUDA device is available", EXIT_USAGE)
+    feature_config = FeatureConfig()
+    try:
+        prepared = pipeline.prepare(data_dir, feature_config, cache_dir=cache_dir, strict=strict)
+    except SerEdgeError as exc:
+        raise _fail(str(exc)) from None
+    if prepared.skipped:
+        click.echo(f"skipped {len(prepared.skipped)} files (see warnings above)", err=True)
+    present = sorted({c.actor for c in prepared.feature_set.clips})
+    if actors:
+        try:
+            wanted = {int(a) for a in actors.split(",")}
+        except ValueError:
+            raise _fail(f"--actors must be comma-separated actor numbers, got {actors!r}", EXIT_USAGE) from None
+        missing = sorted(wanted - set(present))
+        if missing:
+            raise _fail(f"{data_dir}: no clips of actors {missing}", EXIT_USAGE)
+        present = sorted(wanted)
+    kwargs = dict(
+        feature_config=feature_config,
+        train_config=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device, early_stop_patience=patience),
+        model_config=ModelConfig(),
+        augment=AugmentConfig(mixup_alpha=mixup) if augment else AugmentConfig.off(),
+        progress=not quiet,
+    )
+    if folds:
+        out = pipeline.cross_validate(prepared, folds, out_dir, seed=seed, actors=present, **kwargs)
+        for name, stat in out["summary"].items():
+            click.echo(f"{name}: {stat['mean']:.3f} ± {stat['std']:.3f} over {folds} actor-wise folds")
+        return
+    split = split_actors(present, seed=seed)
+    click.echo(f"actors: train {list(split.train)}, val {list(split.val)}, test {list(split.test)}")
+    metrics = pipeline.train_split(prepared, split, out_dir, **kwargs)
+    click.echo((Path(out_dir) / "report.txt").read_text())
+    click.echo(f"run folder: {out_dir} (best epoch {metrics['best_epoch']} of {metrics['epochs_run']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The torch-free edge runtime: audio in, log-mel, onnxruntime, probabilities out.
+
+Imports only numpy, scipy, soundfile and (when a session is created) onnxruntime.
+"""
+
+from ser_edge.edge_runtime.audio import Audio, load_audio, split_windows, to_model_rate
+from ser_edge.edge_runtime.errors import ModelError, SerEdgeError
+from ser_edge.edge_runtime.features import FeatureConfig, log_mel, mel_filterbank
+from ser_edge.edge_runtime.session import (
+    EmotionClassifier,
+    Prediction,
+    WindowPrediction,
+    default_model_path,
+)
+
+__all__ = [
+    "Audio",
+    "EmotionClassifier",
+    "FeatureConfig",
+    "ModelError",
+    "Prediction",
+    "SerEdgeError",
+    "WindowPrediction",
+    "default_model_path",
+    "load_audio",
+    "log_mel",
+    "mel_filterbank",
+    "split_windows",
+    "to_model_rate",
+]

@@ -1,0 +1,182 @@
+"""Audio in: one module, one policy, shared by training and inference.
+
+file -> :func:`load_audio` (soundfile decode, float32, mono mix-down, checks)
+     -> :func:`to_model_rate` (polyphase resampling to the feature sample rate)
+     -> :func:`split_windows` (fixed-length model windows)
+
+Window policy (documented once, here):
+
+* a clip no longer than one window (``FeatureConfig.clip_s``, 3.0 s) is zero-padded
+  symmetrically so the audio sits in the centre of the window;
+* a longer clip is covered by windows starting at ``0, hop, 2*hop, ...`` (default hop
+  1.0 s) that fit inside the clip, plus one final window aligned to the clip's end when
+  the last regular window stops short of it. Every sample is in at least one window, no
+  window is padded, and the clip-level prediction is the mean of the window
+  probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+from typing import BinaryIO, Union
+
+import numpy as np
+import scipy.signal
+import soundfile as sf
+
+from ser_edge.edge_runtime.errors import (
+    AudioFileNotFoundError,
+    AudioTooLongError,
+    CorruptAudioError,
+    EmptyAudioError,
+    NonFiniteAudioError,
+    NotAudioError,
+    SampleRateError,
+    SilentAudioError,
+)
+from ser_edge.edge_runtime.features import FeatureConfig
+
+MIN_SAMPLE_RATE = 1_000  # Hz: below this nothing of speech is left
+MAX_SAMPLE_RATE = 384_000  # Hz: the highest rate common audio hardware records
+MAX_DURATION_S = 600.0  # default limit on clip length (10 min)
+DEFAULT_HOP_S = 1.0  # hop between sliding windows on long clips
+AUDIO_EXTENSIONS = (".wav", ".flac")
+
+# Kaiser window of the anti-aliasing filter. scipy's default (beta 5.0) leaves aliases at
+# about -50 dB; beta 8.0 keeps them below -60 dB (tests/test_audio.py measures it).
+RESAMPLE_KAISER_BETA = 8.0
+
+AudioSource = Union[str, os.PathLike, BinaryIO]
+
+
+@dataclasses.dataclass(frozen=True)
+class Audio:
+    """Decoded mono audio: float32 samples in [-1, 1] (for integer formats) and their rate."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def _name(source: AudioSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return getattr(source, "name", "<stream>") if not isinstance(source, io.BytesIO) else "<bytes>"
+
+
+def check_signal(
+    samples: np.ndarray,
+    sample_rate: int,
+    *,
+    name: str | None = None,
+    max_duration_s: float | None = MAX_DURATION_S,
+) -> np.ndarray:
+    """Validate raw samples ``(n,)`` or ``(n, channels)`` and return them as mono float32."""
+    if not isinstance(sample_rate, (int, np.integer)) or not (
+        MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE
+    ):
+        raise SampleRateError(
+            f"sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz",
+            path=name,
+        )
+    samples = np.asarray(samples)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1, dtype=np.float64) if samples.shape[1] > 1 else samples[:, 0]
+    elif samples.ndim != 1:
+        raise NotAudioError(f"expected (samples,) or (samples, channels), got {samples.shape}", path=name)
+    if samples.size == 0:
+        raise EmptyAudioError("audio has zero samples", path=name)
+    if max_duration_s is not None and samples.size > max_duration_s * sample_rate:
+        raise AudioTooLongError(
+            f"audio is {samples.size / sample_rate:.1f} s long, over the {max_duration_s:g} s limit",
+            path=name,
+        )
+    samples = samples.astype(np.float32, copy=False)
+    if not np.isfinite(samples).all():
+        raise NonFiniteAudioError("audio contains NaN or infinite samples", path=name)
+    if not samples.any():
+        raise SilentAudioError("audio is all zeros (digital silence)", path=name)
+    return samples
+
+
+def load_audio(source: AudioSource, *, max_duration_s: float | None = MAX_DURATION_S) -> Audio:
+    """Decode a WAV/FLAC file (path or binary file object) to checked mono float32."""
+    name = _name(source)
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.exists(source):
+            raise AudioFileNotFoundError("no such file", path=name)
+        if os.path.isdir(source):
+            raise NotAudioError("is a directory, not an audio file", path=name)
+    try:
+        with sf.SoundFile(source) as handle:
+            sample_rate = handle.samplerate
+            if max_duration_s is not None and handle.frames > max_duration_s * max(sample_rate, 1):
+                raise AudioTooLongError(
+                    f"audio is {handle.frames / sample_rate:.1f} s long, "
+                    f"over the {max_duration_s:g} s limit",
+                    path=name,
+                )
+            samples = handle.read(dtype="float32", always_2d=True)
+    except sf.LibsndfileError as exc:
+        text = str(exc).lower()
+        if "format not recognised" in text or "unknown format" in text or "not a valid" in text:
+            raise NotAudioError("not a supported audio file (WAV or FLAC)", path=name) from exc
+        raise CorruptAudioError(f"cannot decode audio ({exc.error_string})", path=name) from exc
+    except (sf.SoundFileError, RuntimeError, EOFError) as exc:
+        raise CorruptAudioError(f"cannot decode audio ({exc})", path=name) from exc
+    mono = check_signal(samples, sample_rate, name=name, max_duration_s=max_duration_s)
+    return Audio(mono, int(sample_rate))
+
+
+def to_model_rate(samples: np.ndarray, sample_rate: int, config: FeatureConfig) -> np.ndarray:
+    """Resample mono float32 audio to ``config.sample_rate`` (polyphase FIR, Kaiser window)."""
+    target = config.sample_rate
+    if sample_rate == target:
+        return np.asarray(samples, dtype=np.float32)
+    divisor = math.gcd(int(sample_rate), target)
+    up, down = target // divisor, int(sample_rate) // divisor
+    resampled = scipy.signal.resample_poly(
+        samples, up, down, window=("kaiser", RESAMPLE_KAISER_BETA)
+    )
+    return resampled.astype(np.float32, copy=False)
+
+
+def window_starts(n_samples: int, config: FeatureConfig, hop_s: float = DEFAULT_HOP_S) -> list[int]:
+    """Start sample of every window of a clip of ``n_samples`` (see the module's policy)."""
+    if hop_s <= 0:
+        raise ValueError(f"hop_s must be positive, got {hop_s}")
+    length = config.n_samples
+    if n_samples <= length:
+        return [0]
+    hop = max(1, int(round(hop_s * config.sample_rate)))
+    starts = list(range(0, n_samples - length + 1, hop))
+    if starts[-1] != n_samples - length:
+        starts.append(n_samples - length)
+    return starts
+
+
+def fit_to_window(samples: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Centre a clip of at most one window in a zero-padded window of ``config.n_samples``."""
+    length = config.n_samples
+    if len(samples) > length:
+        raise ValueError(f"clip has {len(samples)} samples, more than one window ({length})")
+    left = (length - len(samples)) // 2
+    return np.pad(samples, (left, length - len(samples) - left))
+
+
+def split_windows(
+    samples: np.ndarray, config: FeatureConfig, hop_s: float = DEFAULT_HOP_S
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut audio at the model rate into windows: ``(windows (w, n_samples), starts_s (w,))``."""
+    length = config.n_samples
+    if len(samples) <= length:
+        return fit_to_window(samples, config)[None, :], np.zeros(1)
+    starts = window_starts(len(samples), config, hop_s)
+    windows = np.stack([samples[start : start + length] for start in starts])
+    return windows.astype(np.float32, copy=False), np.asarray(starts) / config.sample_rate

@@ -1,0 +1,184 @@
+"""The log-mel front-end: the single definition of the model's input features.
+
+Training (``ser_edge.train``) and inference (``ser_edge.edge_runtime``) both call
+:func:`log_mel`; there is no second implementation. NumPy/SciPy only, vectorised over
+frames and over a batch of clips.
+
+Choices (all fields of :class:`FeatureConfig`, written into every exported ONNX model):
+
+* window: periodic Hann of ``n_fft`` samples (``win_length == n_fft``);
+* centering: each frame is centred on ``t * hop_length``; the clip is zero-padded by
+  ``n_fft // 2`` on both sides, so a clip of ``n_samples`` gives
+  ``1 + n_samples // hop_length`` frames (librosa's ``center=True, pad_mode="constant"``);
+* power spectrum ``|STFT|**2``, Slaney mel scale with Slaney area normalisation over
+  ``[f_min_hz, f_max_hz]`` (librosa's default filterbank);
+* decibels relative to the loudest time-frequency bin of the clip:
+  ``10 * log10(max(S, amin)) - 10 * log10(max(S.max(), amin))``, floored at
+  ``-top_db``. Every clip therefore spans ``[-top_db, 0]`` dB and the features are
+  invariant to the input gain (as long as the clip's peak power is above ``amin``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Any, Mapping
+
+import numpy as np
+import scipy.fft
+import scipy.signal
+
+from ser_edge.edge_runtime.errors import ModelError
+
+# Defaults of the seed recipe, with their units.
+SAMPLE_RATE = 48_000  # Hz
+N_FFT = 1024  # samples per STFT frame (21.3 ms at 48 kHz)
+HOP_LENGTH = 256  # samples between frames (5.3 ms at 48 kHz)
+N_MELS = 128  # mel bins
+CLIP_S = 3.0  # seconds of audio per model input
+TOP_DB = 80.0  # dB: log floor below the clip's loudest bin
+AMIN = 1e-10  # power floor before the log, avoids log(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that defines the model input. Stored in, and read back from, the ONNX."""
+
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = N_FFT
+    hop_length: int = HOP_LENGTH
+    n_mels: int = N_MELS
+    clip_s: float = CLIP_S
+    f_min_hz: float = 0.0
+    f_max_hz: float = SAMPLE_RATE / 2
+    window: str = "hann"
+    center: bool = True
+    mel_scale: str = "slaney"
+    power: float = 2.0
+    amin: float = AMIN
+    top_db: float = TOP_DB
+
+    def __post_init__(self) -> None:
+        if self.window != "hann" or self.mel_scale != "slaney" or self.power != 2.0:
+            raise ValueError("only window='hann', mel_scale='slaney', power=2.0 are implemented")
+        if not self.center:
+            raise ValueError("only center=True is implemented")
+        if not 0 <= self.f_min_hz < self.f_max_hz <= self.sample_rate / 2:
+            raise ValueError(f"need 0 <= f_min_hz < f_max_hz <= sample_rate/2, got {self}")
+
+    @property
+    def n_samples(self) -> int:
+        """Samples in one model input clip."""
+        return int(round(self.clip_s * self.sample_rate))
+
+    @property
+    def n_frames(self) -> int:
+        """STFT frames in one model input clip (centred framing)."""
+        return 1 + self.n_samples // self.hop_length
+
+    @property
+    def n_bins(self) -> int:
+        """Frequency bins of the one-sided spectrum."""
+        return self.n_fft // 2 + 1
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "FeatureConfig":
+        known = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ModelError(f"feature config has unknown fields {unknown}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"invalid feature config: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureConfig":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"feature config is not valid JSON: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ModelError("feature config must be a JSON object")
+        return cls.from_dict(values)
+
+
+def _hz_to_mel(freq_hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    freq_hz = np.asarray(freq_hz, dtype=np.float64)
+    mel = freq_hz / f_sp
+    above = freq_hz >= min_log_hz
+    mel[above] = min_log_mel + np.log(freq_hz[above] / min_log_hz) / logstep
+    return mel
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    mel = np.asarray(mel, dtype=np.float64)
+    freq_hz = mel * f_sp
+    above = mel >= min_log_mel
+    freq_hz[above] = min_log_hz * np.exp(logstep * (mel[above] - min_log_mel))
+    return freq_hz
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(config: FeatureConfig) -> np.ndarray:
+    """(n_mels, n_bins) Slaney-normalised triangular filters; built once per config."""
+    fft_freqs = np.linspace(0.0, config.sample_rate / 2, config.n_bins)
+    mel_points = np.linspace(
+        _hz_to_mel(np.array([config.f_min_hz]))[0],
+        _hz_to_mel(np.array([config.f_max_hz]))[0],
+        config.n_mels + 2,
+    )
+    hz_points = _mel_to_hz(mel_points)
+    widths = np.diff(hz_points)
+    ramps = hz_points[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (hz_points[2:] - hz_points[:-2]))[:, None]
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+@functools.lru_cache(maxsize=8)
+def _window(config: FeatureConfig) -> np.ndarray:
+    window = scipy.signal.get_window(config.window, config.n_fft, fftbins=True).astype(np.float32)
+    window.setflags(write=False)
+    return window
+
+
+def log_mel(signal: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Log-mel spectrogram of one clip ``(n,)`` or a batch ``(b, n)`` at ``config.sample_rate``.
+
+    Returns float32 ``(n_mels, frames)`` or ``(b, n_mels, frames)``; a clip of exactly
+    ``config.n_samples`` samples gives ``config.n_frames`` frames.
+    """
+    signal = np.asarray(signal, dtype=np.float32)
+    if signal.ndim not in (1, 2):
+        raise ValueError(f"log_mel expects (n,) or (batch, n) samples, got shape {signal.shape}")
+    batch = np.atleast_2d(signal)
+    pad = config.n_fft // 2
+    padded = np.pad(batch, ((0, 0), (pad, pad)))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft, axis=-1)
+    frames = frames[:, :: config.hop_length]  # (b, t, n_fft), a view
+    spectrum = scipy.fft.rfft(frames * _window(config), axis=-1)  # (b, t, n_bins) complex64
+    power = spectrum.real**2 + spectrum.imag**2
+    mel = np.matmul(mel_filterbank(config), power.transpose(0, 2, 1))  # (b, n_mels, t)
+    db = 10.0 * np.log10(np.maximum(mel, np.float32(config.amin)))
+    peak = db.max(axis=(1, 2), keepdims=True)
+    db -= np.maximum(peak, np.float32(10.0 * np.log10(config.amin)))
+    np.maximum(db, np.float32(-config.top_db), out=db)
+    return db[0] if signal.ndim == 1 else db

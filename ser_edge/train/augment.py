@@ -1,0 +1,101 @@
+"""Train-only augmentation, all switchable and driven by one seeded generator.
+
+* AWGN: white Gaussian noise added to the waveform at a random SNR, then the edge
+  front-end recomputes the log-mel (the same function as inference).
+* Frequency warp: the log-mel's mel axis is stretched by a random factor, a cheap stand-in
+  for vocal-tract-length perturbation (it simulates speakers the training set lacks).
+* SpecAugment: frequency and time masks on the standardised log-mel (masked to 0, the
+  training mean).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ser_edge.edge_runtime.features import FeatureConfig, log_mel
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    noise_prob: float = 0.5
+    noise_snr_db: tuple[float, float] = (10.0, 40.0)
+    warp_prob: float = 0.5
+    warp_range: tuple[float, float] = (0.9, 1.1)
+    freq_masks: int = 2
+    freq_mask_bins: int = 16
+    time_masks: int = 2
+    time_mask_frames: int = 40
+    mixup_alpha: float = 0.0  # 0 disables mixup
+
+    @classmethod
+    def off(cls) -> "AugmentConfig":
+        return cls(noise_prob=0.0, warp_prob=0.0, freq_masks=0, time_masks=0, mixup_alpha=0.0)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "AugmentConfig":
+        values = dict(values)
+        for key in ("noise_snr_db", "warp_range"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+def add_noise(waves: np.ndarray, snr_db: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Add white Gaussian noise at ``snr_db`` (per row) relative to each row's power."""
+    power = np.mean(np.square(waves, dtype=np.float64), axis=1, keepdims=True)
+    noise_power = power / (10.0 ** (snr_db[:, None] / 10.0))
+    noise = rng.standard_normal(waves.shape).astype(np.float32) * np.sqrt(noise_power).astype(np.float32)
+    return waves + noise
+
+
+def noisy_log_mel(
+    waves: np.ndarray, config: FeatureConfig, aug: AugmentConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pick rows for AWGN; return (their indices, their recomputed log-mel)."""
+    chosen = np.flatnonzero(rng.random(len(waves)) < aug.noise_prob)
+    if len(chosen) == 0:
+        return chosen, np.empty((0, config.n_mels, config.n_frames), np.float32)
+    snr = rng.uniform(*aug.noise_snr_db, size=len(chosen))
+    return chosen, log_mel(add_noise(np.asarray(waves[chosen], np.float32), snr, rng), config)
+
+
+def freq_warp(features: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Stretch the mel axis of some rows by factors in ``warp_range`` (in place, returned)."""
+    chosen = np.flatnonzero(rng.random(len(features)) < aug.warp_prob)
+    n_mels = features.shape[1]
+    for row, alpha in zip(chosen, rng.uniform(*aug.warp_range, size=len(chosen))):
+        size = max(2, int(round(n_mels * alpha)))
+        stretched = F.interpolate(
+            torch.from_numpy(np.ascontiguousarray(features[row]))[None, None],
+            size=(size, features.shape[2]),
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0].numpy()
+        if size >= n_mels:
+            features[row] = stretched[:n_mels]
+        else:
+            features[row, :size] = stretched
+            features[row, size:] = stretched[-1:]
+    return features
+
+
+def spec_augment(batch: torch.Tensor, aug: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Frequency and time masks on ``(B, 1, n_mels, T)``, vectorised over the batch."""
+    b, _, n_mels, n_frames = batch.shape
+    keep = torch.ones(b, 1, n_mels, n_frames, dtype=torch.bool)
+    for count, max_width, axis, size in (
+        (aug.freq_masks, aug.freq_mask_bins, 2, n_mels),
+        (aug.time_masks, aug.time_mask_frames, 3, n_frames),
+    ):
+        for _ in range(count):
+            width = torch.randint(0, max_width + 1, (b,), generator=generator)
+            start = (torch.rand(b, generator=generator) * (size - width + 1)).long()
+            pos = torch.arange(size)
+            band = (pos[None, :] >= start[:, None]) & (pos[None, :] < (start + width)[:, None])
+            shape = (b, 1, size, 1) if axis == 2 else (b, 1, 1, size)
+            keep &= ~band.view(shape)
+    return batch * keep

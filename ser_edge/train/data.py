@@ -1,0 +1,294 @@
+"""RAVDESS speech: file-name metadata, actor-wise splits and the on-disk feature cache.
+
+Features come from the edge runtime's own front-end (``load_audio`` -> ``to_model_rate``
+-> ``split_windows`` -> ``log_mel``): there is no second implementation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ser_edge.edge_runtime.audio import (
+    AUDIO_EXTENSIONS,
+    DEFAULT_HOP_S,
+    load_audio,
+    split_windows,
+    to_model_rate,
+)
+from ser_edge.edge_runtime.errors import SerEdgeError
+from ser_edge.edge_runtime.features import FeatureConfig, log_mel
+
+log = logging.getLogger(__name__)
+
+# RAVDESS emotion codes, in the seed's label order (code 01 .. 08).
+LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+AUDIO_ONLY = 3  # modality code
+SPEECH = 1  # vocal channel code (2 = song)
+CACHE_VERSION = 1
+
+
+class DatasetError(SerEdgeError):
+    """A data folder or file name that cannot be used for training."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """One RAVDESS clip and the fields of its file name."""
+
+    path: str
+    modality: int
+    vocal_channel: int
+    emotion: int  # 1..8
+    intensity: int
+    statement: int
+    repetition: int
+    actor: int
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.emotion - 1]
+
+    @property
+    def label_index(self) -> int:
+        return self.emotion - 1
+
+    @property
+    def is_female(self) -> bool:
+        return self.actor % 2 == 0
+
+
+def parse_name(path: str | os.PathLike) -> Clip:
+    """Parse ``MM-VV-EE-II-SS-RR-AA.ext``; raise :class:`DatasetError` on anything else."""
+    path = os.fspath(path)
+    stem = Path(path).stem
+    parts = stem.split("-")
+    if len(parts) != 7 or not all(len(p) == 2 and p.isdigit() for p in parts):
+        raise DatasetError("file name is not a RAVDESS name (MM-VV-EE-II-SS-RR-AA)", path=path)
+    modality, channel, emotion, intensity, statement, repetition, actor = map(int, parts)
+    ranges = {
+        "modality": (modality, 1, 3),
+        "vocal channel": (channel, 1, 2),
+        "emotion": (emotion, 1, 8),
+        "intensity": (intensity, 1, 2),
+        "statement": (statement, 1, 2),
+        "repetition": (repetition, 1, 2),
+        "actor": (actor, 1, 24),
+    }
+    for field, (value, low, high) in ranges.items():
+        if not low <= value <= high:
+            raise DatasetError(f"{field} code {value:02d} is outside {low:02d}-{high:02d}", path=path)
+    if modality != AUDIO_ONLY or channel != SPEECH:
+        raise DatasetError(
+            f"not an audio-only speech clip (modality {modality:02d}, vocal channel {channel:02d})",
+            path=path,
+        )
+    if emotion == 1 and intensity == 2:
+        raise DatasetError("neutral has no strong intensity in RAVDESS", path=path)
+    return Clip(path, modality, channel, emotion, intensity, statement, repetition, actor)
+
+
+@dataclasses.dataclass
+class ScanResult:
+    clips: list[Clip]
+    skipped: list[str]  # one-line messages
+
+
+def scan_dataset(root: str | os.PathLike, *, strict: bool = False) -> ScanResult:
+    """Find RAVDESS speech clips under ``root`` (``Actor_NN/*.wav|.flac`` or any nesting)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError("data folder does not exist or is not a directory", path=str(root))
+    clips, skipped = [], []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
+        try:
+            clips.append(parse_name(path))
+        except DatasetError as exc:
+            if strict:
+                raise
+            skipped.append(str(exc))
+    for message in skipped:
+        log.warning("skipped %s", message)
+    if not clips:
+        raise DatasetError("no RAVDESS speech clips (.wav/.flac) found", path=str(root))
+    return ScanResult(clips, skipped)
+
+
+# -- splits -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    train: tuple[int, ...]
+    val: tuple[int, ...]
+    test: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        sets = [set(self.train), set(self.val), set(self.test)]
+        if sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2]:
+            raise ValueError(f"an actor is in two splits: {self}")
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
+
+
+def _gender_interleaved(actors: Iterable[int], rng: random.Random) -> list[int]:
+    """Actors shuffled within gender, then alternated female/male (balanced prefixes)."""
+    actors = sorted(set(actors))
+    female = [a for a in actors if a % 2 == 0]
+    male = [a for a in actors if a % 2 == 1]
+    rng.shuffle(female)
+    rng.shuffle(male)
+    order = []
+    for i in range(max(len(female), len(male))):
+        order.extend(group[i] for group in (female, male) if i < len(group))
+    return order
+
+
+def split_actors(
+    actors: Iterable[int], *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> Split:
+    """Seeded actor-wise split, gender-balanced where the counts allow."""
+    order = _gender_interleaved(actors, random.Random(seed))
+    n_test = max(1, round(test_fraction * len(order)))
+    n_val = max(1, round(val_fraction * len(order)))
+    if n_test + n_val >= len(order):
+        raise DatasetError(f"{len(order)} actors are too few for a train/val/test split")
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    return Split(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
+
+
+def kfold_splits(actors: Iterable[int], folds: int, *, n_val: int = 2, seed: int = 0) -> list[Split]:
+    """Actor-wise K-fold: each actor is in exactly one test fold; validation actors
+    (gender-balanced, seeded) are held out of the remaining training actors."""
+    rng = random.Random(seed)
+    order = _gender_interleaved(actors, rng)
+    if folds < 2 or folds * 1 > len(order):
+        raise DatasetError(f"cannot make {folds} folds from {len(order)} actors")
+    splits = []
+    for k in range(folds):
+        test = order[k::folds]
+        rest = _gender_interleaved([a for a in order if a not in test], random.Random(seed * 1000 + k))
+        val, train = rest[:n_val], rest[n_val:]
+        splits.append(Split(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test))))
+    return splits
+
+
+# -- hashing and the feature cache -------------------------------------------------------
+
+
+def data_hash(clips: Sequence[Clip], root: str | os.PathLike) -> str:
+    """sha256 over the sorted (relative path, content sha256) of every clip."""
+    digest = hashlib.sha256()
+    for clip in sorted(clips, key=lambda c: c.path):
+        with open(clip.path, "rb") as handle:
+            content = hashlib.sha256(handle.read()).hexdigest()
+        digest.update(f"{os.path.relpath(clip.path, root)} {content}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class FeatureSet:
+    """Log-mel windows of a list of clips, plus the waveforms for noise augmentation."""
+
+    clips: list[Clip]
+    features: np.ndarray  # (windows, n_mels, n_frames) float32
+    waveforms: np.ndarray  # (windows, n_samples) float32 at the model rate
+    window_clip: np.ndarray  # (windows,) index into clips
+    window_start_s: np.ndarray  # (windows,)
+
+    def rows_for_actors(self, actors: Iterable[int]) -> np.ndarray:
+        wanted = set(actors)
+        clip_mask = np.array([clip.actor in wanted for clip in self.clips])
+        return np.flatnonzero(clip_mask[self.window_clip])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([clip.label_index for clip in self.clips])[self.window_clip]
+
+    @property
+    def actors(self) -> np.ndarray:
+        return np.array([clip.actor for clip in self.clips])[self.window_clip]
+
+
+def _cache_key(config: FeatureConfig, content_hash: str, hop_s: float) -> str:
+    text = json.dumps(
+        {"v": CACHE_VERSION, "config": config.to_json(), "data": content_hash, "hop_s": hop_s}
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def compute_features(
+    clips: Sequence[Clip], config: FeatureConfig, hop_s: float = DEFAULT_HOP_S
+) -> tuple[list[Clip], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run every clip through the edge front-end; unreadable clips are skipped with a warning."""
+    kept, features, waves, owner, starts = [], [], [], [], []
+    for clip in clips:
+        try:
+            audio = load_audio(clip.path)
+        except SerEdgeError as exc:
+            log.warning("skipped %s", exc)
+            continue
+        windows, start_s = split_windows(to_model_rate(audio.samples, audio.sample_rate, config), config, hop_s)
+        features.append(log_mel(windows, config))
+        waves.append(windows)
+        owner.extend([len(kept)] * len(windows))
+        starts.extend(start_s)
+        kept.append(clip)
+    if not kept:
+        raise DatasetError("no clip could be decoded")
+    return (
+        kept,
+        np.concatenate(features),
+        np.concatenate(waves),
+        np.asarray(owner, dtype=np.int64),
+        np.asarray(starts, dtype=np.float64),
+    )
+
+
+def load_feature_set(
+    clips: Sequence[Clip],
+    config: FeatureConfig,
+    *,
+    cache_dir: str | os.PathLike | None,
+    content_hash: str,
+    hop_s: float = DEFAULT_HOP_S,
+) -> FeatureSet:
+    """Features for ``clips``, cached on disk under a key of (feature config, data hash, hop)."""
+    clip_paths = [c.path for c in clips]
+    if cache_dir is not None:
+        folder = Path(cache_dir) / f"features-{_cache_key(config, content_hash, hop_s)}"
+        index = folder / "clips.json"
+        if index.is_file():
+            stored = json.loads(index.read_text())
+            if stored["requested"] == clip_paths:
+                by_path = {c.path: c for c in clips}
+                log.info("feature cache hit: %s", folder)
+                return FeatureSet(
+                    [by_path[p] for p in stored["kept"]],
+                    np.load(folder / "features.npy", mmap_mode="r"),
+                    np.load(folder / "waveforms.npy", mmap_mode="r"),
+                    np.load(folder / "window_clip.npy"),
+                    np.load(folder / "window_start_s.npy"),
+                )
+    kept, features, waves, owner, starts = compute_features(clips, config, hop_s)
+    if cache_dir is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, array in (
+            ("features", features),
+            ("waveforms", waves),
+            ("window_clip", owner),
+            ("window_start_s", starts),
+        ):
+            np.save(folder / f"{name}.npy", array)
+        # Written last: a cache folder without its index is ignored and rebuilt.
+        index.write_text(json.dumps({"requested": clip_paths, "kept": [c.path for c in kept]}))
+    return FeatureSet(kept, features, waves, owner, starts)

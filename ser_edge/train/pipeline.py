@@ -1,0 +1,90 @@
+"""From a data folder to run folders: single split or actor-wise K-fold cross-validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ser_edge.edge_runtime.features import FeatureConfig
+from ser_edge.models.parallel import ModelConfig
+from ser_edge.train.augment import AugmentConfig
+from ser_edge.train.data import FeatureSet, Split, data_hash, kfold_splits, load_feature_set, scan_dataset, split_actors
+from ser_edge.train.trainer import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+SUMMARY_METRICS = ("accuracy", "macro_f1", "uar")
+
+
+@dataclasses.dataclass
+class Prepared:
+    feature_set: FeatureSet
+    data_hash: str
+    skipped: list[str]
+
+
+def prepare(data_root: str | os.PathLike, feature_config: FeatureConfig, *, cache_dir, strict: bool = False) -> Prepared:
+    scan = scan_dataset(data_root, strict=strict)
+    digest = data_hash(scan.clips, data_root)
+    feature_set = load_feature_set(scan.clips, feature_config, cache_dir=cache_dir, content_hash=digest)
+    return Prepared(feature_set, digest, scan.skipped)
+
+
+def train_split(
+    prepared: Prepared,
+    split: Split,
+    run_dir: str | os.PathLike,
+    *,
+    feature_config: FeatureConfig,
+    train_config: TrainConfig,
+    model_config: ModelConfig,
+    augment: AugmentConfig,
+    progress: bool = True,
+) -> dict[str, Any]:
+    trainer = Trainer(
+        run_dir,
+        prepared.feature_set,
+        split,
+        feature_config=feature_config,
+        train_config=train_config,
+        model_config=model_config,
+        augment=augment,
+        data_hash=prepared.data_hash,
+        progress=progress,
+    )
+    return trainer.run()
+
+
+def default_split(prepared: Prepared, seed: int) -> Split:
+    return split_actors({c.actor for c in prepared.feature_set.clips}, seed=seed)
+
+
+def cross_validate(
+    prepared: Prepared, folds: int, out_dir: str | os.PathLike, *, seed: int, actors=None, **kwargs
+) -> dict[str, Any]:
+    """Actor-wise K-fold; every fold's run folder under ``out_dir/fold_k``; mean +- std."""
+    out_dir = Path(out_dir)
+    actors = actors if actors is not None else {c.actor for c in prepared.feature_set.clips}
+    splits = kfold_splits(actors, folds, seed=seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for k, split in enumerate(splits):
+        log.info("fold %d/%d: test actors %s, val actors %s", k + 1, folds, split.test, split.val)
+        metrics = train_split(prepared, split, out_dir / f"fold_{k}", **kwargs)
+        results.append({"fold": k, "split": split.to_dict(), "test": metrics["test"], "best_epoch": metrics["best_epoch"]})
+    summary = {
+        name: {
+            "mean": float(np.mean([r["test"][name] for r in results])),
+            "std": float(np.std([r["test"][name] for r in results])),
+        }
+        for name in SUMMARY_METRICS
+    }
+    out = {"folds": results, "summary": summary, "data_hash": prepared.data_hash}
+    (out_dir / "cv_metrics.json").write_text(json.dumps(out, indent=2))
+    return out

@@ -1,0 +1,345 @@
+"""The training loop of the seed recipe: one run = one actor-wise split -> one run folder.
+
+Run folder contents: ``best_parallel_ser.pt`` (weights + model config), ``scaler.npz``,
+``checkpoint.pt`` (resumable state), ``config.json`` (every hyper-parameter, the feature
+config, split actors, data hash, code version), ``metrics.json``, ``report.txt`` (the
+test actors' classification report), ``confusion.png`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ser_edge.edge_runtime.features import FeatureConfig
+from ser_edge.models.parallel import ModelConfig, ParallelModel
+from ser_edge.train import metrics
+from ser_edge.train.augment import AugmentConfig, freq_warp, noisy_log_mel, spec_augment
+from ser_edge.train.data import LABELS, FeatureSet, Split
+from ser_edge.train.scaler import Scaler
+
+log = logging.getLogger(__name__)
+
+BEST_WEIGHTS = "best_parallel_ser.pt"
+CHECKPOINT = "checkpoint.pt"
+EVAL_BATCH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 150
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    early_stop_patience: int = 12
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # 0 = all cores
+
+
+def code_version() -> str:
+    """git describe of the source tree, or the package version outside a checkout."""
+    from ser_edge import __version__
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return f"{__version__}+g{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency weights of the training split, normalised to mean 1."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    if (counts == 0).any():
+        missing = [LABELS[i] if n_classes == len(LABELS) else str(i) for i in np.flatnonzero(counts == 0)]
+        raise ValueError(f"training split has no examples of {missing}")
+    weights = counts.sum() / (n_classes * counts)
+    return (weights / weights.mean()).astype(np.float32)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build_model(model_config: ModelConfig, feature_config: FeatureConfig, device: str) -> ParallelModel:
+    model = ParallelModel(model_config)
+    with torch.no_grad():  # materialise LazyLinear for a 3 s clip
+        model.eval()(torch.zeros(1, 1, feature_config.n_mels, feature_config.n_frames))
+    return model.to(device=device, memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def predict_windows(
+    model: ParallelModel, features: np.ndarray, rows: np.ndarray, scaler: Scaler, device: str
+) -> np.ndarray:
+    """Softmax probabilities of ``features[rows]`` in eval mode, batched."""
+    model.eval()
+    out = []
+    for i in range(0, len(rows), EVAL_BATCH):
+        batch = scaler.transform(features[rows[i : i + EVAL_BATCH]])[:, None]
+        x = torch.from_numpy(batch).to(device=device, memory_format=torch.channels_last)
+        out.append(torch.softmax(model(x), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.empty((0, model.config.n_classes), np.float32)
+
+
+def clip_level(feature_set: FeatureSet, rows: np.ndarray, window_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(clip probabilities, clip labels) for the clips owning ``rows`` (mean over windows)."""
+    owners = feature_set.window_clip[rows]
+    clips, local = np.unique(owners, return_inverse=True)
+    probs = metrics.clip_probabilities(window_probs, local, len(clips))
+    labels = np.array([feature_set.clips[c].label_index for c in clips])
+    return probs, labels
+
+
+def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
+
+
+class Trainer:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        feature_set: FeatureSet,
+        split: Split,
+        *,
+        feature_config: FeatureConfig,
+        train_config: TrainConfig = TrainConfig(),
+        model_config: ModelConfig = ModelConfig(),
+        augment: AugmentConfig = AugmentConfig(),
+        data_hash: str = "",
+        progress: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.fs = feature_set
+        self.split = split
+        self.fc = feature_config
+        self.tc = train_config
+        self.mc = model_config
+        self.aug = augment
+        self.data_hash = data_hash
+        self.progress = progress
+        self.rows = {name: feature_set.rows_for_actors(getattr(split, name)) for name in ("train", "val", "test")}
+        for name, rows in self.rows.items():
+            if len(rows) == 0 and name != "test":
+                raise ValueError(f"no clips for the {name} actors {getattr(split, name)}")
+
+    # -- setup ------------------------------------------------------------------------
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "train": dataclasses.asdict(self.tc),
+            "model": dataclasses.asdict(self.mc),
+            "augment": dataclasses.asdict(self.aug),
+            "features": dataclasses.asdict(self.fc),
+            "labels": list(LABELS),
+            "split": self.split.to_dict(),
+            "n_windows": {k: int(len(v)) for k, v in self.rows.items()},
+            "data_hash": self.data_hash,
+            "code_version": code_version(),
+            "torch_version": torch.__version__,
+        }
+
+    def _train_clip_windows(self) -> list[np.ndarray]:
+        """Window rows of each training clip (one is drawn per clip per epoch)."""
+        rows = self.rows["train"]
+        owners = self.fs.window_clip[rows]
+        order = np.argsort(owners, kind="stable")
+        _, starts = np.unique(owners[order], return_index=True)
+        return np.split(rows[order], starts[1:])
+
+    # -- one epoch --------------------------------------------------------------------
+
+    def _batch(self, rows: np.ndarray, scaler: Scaler, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
+        feats = np.array(self.fs.features[rows], dtype=np.float32)
+        if self.aug.noise_prob > 0:
+            chosen, noisy = noisy_log_mel(self.fs.waveforms[rows], self.fc, self.aug, rng)
+            feats[chosen] = noisy
+        if self.aug.warp_prob > 0:
+            feats = freq_warp(feats, self.aug, rng)
+        x = torch.from_numpy(scaler.transform(feats)[:, None])
+        if self.aug.freq_masks or self.aug.time_masks:
+            x = spec_augment(x, self.aug, gen)
+        return x.to(device=self.tc.device, memory_format=torch.channels_last)
+
+    def _train_epoch(self, model, optimizer, criterion, scaler, clip_windows, rng, gen, bar) -> tuple[float, float]:
+        model.train()
+        picks = np.array([w[rng.integers(len(w))] for w in clip_windows])
+        picks = picks[rng.permutation(len(picks))]
+        labels_all = self.fs.labels
+        total_loss, correct, seen = 0.0, 0, 0
+        for i in range(0, len(picks), self.tc.batch_size):
+            rows = picks[i : i + self.tc.batch_size]
+            x = self._batch(rows, scaler, rng, gen)
+            y = torch.from_numpy(labels_all[rows]).to(self.tc.device)
+            if self.aug.mixup_alpha > 0:
+                lam = float(rng.beta(self.aug.mixup_alpha, self.aug.mixup_alpha))
+                perm = torch.from_numpy(rng.permutation(len(rows)))
+                logits = model(lam * x + (1 - lam) * x[perm])
+                loss = lam * criterion(logits, y) + (1 - lam) * criterion(logits, y[perm])
+            else:
+                logits = model(x)
+                loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(rows)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(rows)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        return total_loss / seen, correct / seen
+
+    def evaluate(self, model, scaler: Scaler, name: str) -> dict[str, Any]:
+        rows = self.rows[name]
+        probs, labels = clip_level(self.fs, rows, predict_windows(model, self.fs.features, rows, scaler, self.tc.device))
+        result = metrics.summary(labels, probs.argmax(1), LABELS)
+        result["loss"] = _nll(probs, labels)
+        result["actors"] = list(getattr(self.split, name))
+        return result
+
+    # -- the run ----------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(self.tc.threads or os.cpu_count() or 1)
+        seed_everything(self.tc.seed)
+        scaler = Scaler.fit(self.fs.features, self.rows["train"])
+        scaler.save(self.run_dir / "scaler.npz")
+        (self.run_dir / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
+
+        model = build_model(self.mc, self.fc, self.tc.device)
+        train_labels = np.array([self.fs.clips[c].label_index for c in np.unique(self.fs.window_clip[self.rows["train"]])])
+        weights = torch.from_numpy(class_weights(train_labels, len(LABELS))).to(self.tc.device)
+        criterion = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=self.tc.label_smoothing)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=self.tc.plateau_factor, patience=self.tc.plateau_patience
+        )
+        rng = np.random.default_rng(self.tc.seed)
+        gen = torch.Generator().manual_seed(self.tc.seed)
+        state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": -1, "stale": 0, "history": []}
+
+        checkpoint = self.run_dir / CHECKPOINT
+        if checkpoint.is_file():
+            saved = torch.load(checkpoint, map_location=self.tc.device, weights_only=False)
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            plateau.load_state_dict(saved["plateau"])
+            rng.bit_generator.state = saved["numpy_rng"]
+            gen.set_state(saved["torch_gen"])
+            torch.set_rng_state(saved["torch_rng"])
+            state = saved["state"]
+            log.info("resumed %s at epoch %d", self.run_dir, state["epoch"])
+
+        clip_windows = self._train_clip_windows()
+        n_batches = -(-len(clip_windows) // self.tc.batch_size)
+        while state["epoch"] < self.tc.epochs and state["stale"] < self.tc.early_stop_patience:
+            epoch = state["epoch"] + 1
+            bar = _progress(n_batches, f"epoch {epoch}/{self.tc.epochs}") if self.progress else None
+            started = time.perf_counter()
+            train_loss, train_acc = self._train_epoch(model, optimizer, criterion, scaler, clip_windows, rng, gen, bar)
+            val = self.evaluate(model, scaler, "val")
+            plateau.step(val["loss"])
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val["loss"],
+                "val_acc": val["accuracy"],
+                "val_uar": val["uar"],
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+            }
+            state["history"].append(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}", val_loss=f"{val['loss']:.3f}", val_acc=f"{val['accuracy']:.3f}")
+                bar.close()
+            else:
+                log.info(
+                    "epoch %d: train loss %.3f acc %.3f | val loss %.3f acc %.3f | lr %.1e | %.1f s",
+                    epoch, train_loss, train_acc, val["loss"], val["accuracy"], record["lr"], record["seconds"],
+                )
+            if val["loss"] < state["best_loss"]:
+                state.update(best_loss=val["loss"], best_epoch=epoch, stale=0)
+                torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(self.mc)}, self.run_dir / BEST_WEIGHTS)
+            else:
+                state["stale"] += 1
+            state["epoch"] = epoch
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "plateau": plateau.state_dict(),
+                    "numpy_rng": rng.bit_generator.state,
+                    "torch_gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "state": state,
+                },
+                checkpoint,
+            )
+        return self.finish(state)
+
+    def finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        model = load_model(self.run_dir, self.fc, self.tc.device)
+        scaler = Scaler.load(self.run_dir / "scaler.npz")
+        results = {name: self.evaluate(model, scaler, name) for name in ("val", "test") if len(self.rows[name])}
+        out = {
+            "best_epoch": state["best_epoch"],
+            "epochs_run": state["epoch"],
+            "history": state["history"],
+            **results,
+        }
+        (self.run_dir / "metrics.json").write_text(json.dumps(out, indent=2))
+        if "test" in results:
+            report = _report_text(self.fs, self.rows["test"], model, scaler, self.tc.device, self.split.test)
+            (self.run_dir / "report.txt").write_text(report)
+            from ser_edge.train.plots import plot_confusion, plot_curves
+
+            plot_confusion(np.array(results["test"]["confusion"]), LABELS, self.run_dir / "confusion.png",
+                           title=f"test actors {list(self.split.test)}")
+        from ser_edge.train.plots import plot_curves
+
+        plot_curves(state["history"], self.run_dir / "curves.png")
+        return out
+
+
+def _report_text(fs: FeatureSet, rows: np.ndarray, model, scaler: Scaler, device: str, actors) -> str:
+    probs, labels = clip_level(fs, rows, predict_windows(model, fs.features, rows, scaler, device))
+    return f"test actors {list(actors)} ({len(labels)} clips)\n\n" + metrics.classification_report(labels, probs.argmax(1), LABELS)
+
+
+def load_model(run_dir: str | os.PathLike, feature_config: FeatureConfig, device: str = "cpu") -> ParallelModel:
+    saved = torch.load(Path(run_dir) / BEST_WEIGHTS, map_location=device, weights_only=True)
+    model = build_model(ModelConfig.from_dict(saved["model_config"]), feature_config, device)
+    model.load_state_dict(saved["model"])
+    return model.eval()
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=True, dynamic_ncols=True, mininterval=1.0)
