@@ -217,5 +217,95 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, 
     click.echo(f"run folder: {out_dir} (best epoch {metrics['best_epoch']} of {metrics['epochs_run']})")
 
 
+def _parse_actors(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return sorted({int(a) for a in text.split(",")})
+    except ValueError:
+        raise _fail(f"--actors must be comma-separated actor numbers, got {text!r}", EXIT_USAGE) from None
+
+
+def _run_data_dir(run_dir: str | None, data_dir: str | None) -> str:
+    if data_dir:
+        return data_dir
+    if run_dir:
+        config = Path(run_dir) / "config.json"
+        if config.is_file():
+            root = json.loads(config.read_text()).get("data_root")
+            if root:
+                return root
+    raise _fail("give the data folder with --data", EXIT_USAGE)
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Evaluate this ONNX model (through the edge runtime) instead of a run.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Data folder (default: the run's).")
+@click.option("--actors", help="Comma-separated actors (default: the run's test actors; all for --model).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True)
+def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir) -> None:
+    """Classification report on held-out actors, for a run or an ONNX model."""
+    _train_modules()
+    from ser_edge.train.evaluate import evaluate_onnx, evaluate_run
+
+    if bool(run_dir) == bool(model_path):
+        raise _fail("give either RUN_DIR or --model", EXIT_USAGE)
+    chosen = _parse_actors(actors)
+    if chosen is None and run_dir:
+        config = Path(run_dir) / "config.json"
+        if not config.is_file():
+            raise _fail(f"{run_dir}: not a run folder (no config.json)", EXIT_USAGE)
+        chosen = json.loads(config.read_text())["split"]["test"]
+    data = _run_data_dir(run_dir, data_dir)
+    try:
+        if model_path:
+            result = evaluate_onnx(model_path, data, chosen, threads=threads)
+        else:
+            result = evaluate_run(run_dir, data, chosen, cache_dir=cache_dir)
+    except SerEdgeError as exc:
+        raise _fail(str(exc)) from None
+    for message in result.skipped:
+        click.echo(f"skipped: {message}", err=True)
+    click.echo(result.report(), nl=False)
+    if json_out:
+        Path(json_out).write_text(json.dumps(result.summary, indent=2))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="Output .onnx path.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Data folder for parity/calibration (default: the run's).")
+@click.option("--quantize", type=click.Choice(["int8"]), help="Also write an int8 variant next to the fp32 model.")
+@click.option("--no-calibrate", is_flag=True, help="Skip temperature scaling on the validation actors.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True)
+def export(run_dir, out_path, data_dir, quantize, no_calibrate, cache_dir) -> None:
+    """Export a run to one ONNX file (scaler and temperature folded in) and prove parity."""
+    _train_modules()
+    from ser_edge.export.exporter import export_run
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("ser_edge").setLevel(logging.INFO)
+    try:
+        report = export_run(run_dir, out_path, data_dir=_run_data_dir(run_dir, data_dir), cache_dir=cache_dir,
+                            calibrate=not no_calibrate, quantize=quantize)
+    except SerEdgeError as exc:
+        raise _fail(str(exc)) from None
+    summary = report.to_dict()
+    Path(out_path).with_suffix(".export.json").write_text(json.dumps(summary, indent=2))
+    parity = report.parity
+    click.echo(f"wrote {out_path}: parity max |diff| {parity.max_abs_diff:.1e} over {parity.n} test-actor windows "
+               f"(batches {list(parity.batches)}; onnx.reference {parity.reference_max_abs_diff:.1e}), argmax equal")
+    click.echo(f"temperature {report.temperature:.3f}; ECE " + ", ".join(f"{k} {v:.3f}" for k, v in report.ece.items()))
+    tm = report.test_metrics
+    click.echo(f"test actors: accuracy {tm['accuracy']:.3f}, macro-F1 {tm['macro_f1']:.3f}, UAR {tm['uar']:.3f} ({tm['n']} clips)")
+    if report.int8:
+        chosen = report.int8["candidates"][report.int8["chosen"]]
+        verdict = "ships" if report.int8["passes_bar"] else "does NOT pass the 1-point bar"
+        click.echo(f"int8 ({report.int8['chosen']}): {report.int8['path']}, accuracy change {chosen['delta_points']:+.1f} points, {verdict}")
+
+
 if __name__ == "__main__":
     main()

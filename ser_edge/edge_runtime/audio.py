@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import os
 from typing import BinaryIO, Union
 
 import numpy as np
-import scipy.signal
 import soundfile as sf
 
 from ser_edge.edge_runtime.errors import (
@@ -38,6 +36,7 @@ from ser_edge.edge_runtime.errors import (
     SilentAudioError,
 )
 from ser_edge.edge_runtime.features import FeatureConfig
+from ser_edge.edge_runtime.resample import resample_poly
 
 MIN_SAMPLE_RATE = 1_000  # Hz: below this nothing of speech is left
 MAX_SAMPLE_RATE = 384_000  # Hz: the highest rate common audio hardware records
@@ -45,8 +44,8 @@ MAX_DURATION_S = 600.0  # default limit on clip length (10 min)
 DEFAULT_HOP_S = 1.0  # hop between sliding windows on long clips
 AUDIO_EXTENSIONS = (".wav", ".flac")
 
-# Kaiser window of the anti-aliasing filter. scipy's default (beta 5.0) leaves aliases at
-# about -50 dB; beta 8.0 keeps them below -60 dB (tests/test_audio.py measures it).
+# Kaiser window of the anti-aliasing filter. scipy's resample_poly default (beta 5.0)
+# leaves aliases at about -50 dB; beta 8.0 keeps them below -60 dB (tests/test_audio.py).
 RESAMPLE_KAISER_BETA = 8.0
 
 AudioSource = Union[str, os.PathLike, BinaryIO]
@@ -136,15 +135,7 @@ def load_audio(source: AudioSource, *, max_duration_s: float | None = MAX_DURATI
 
 def to_model_rate(samples: np.ndarray, sample_rate: int, config: FeatureConfig) -> np.ndarray:
     """Resample mono float32 audio to ``config.sample_rate`` (polyphase FIR, Kaiser window)."""
-    target = config.sample_rate
-    if sample_rate == target:
-        return np.asarray(samples, dtype=np.float32)
-    divisor = math.gcd(int(sample_rate), target)
-    up, down = target // divisor, int(sample_rate) // divisor
-    resampled = scipy.signal.resample_poly(
-        samples, up, down, window=("kaiser", RESAMPLE_KAISER_BETA)
-    )
-    return resampled.astype(np.float32, copy=False)
+    return resample_poly(samples, config.sample_rate, int(sample_rate), RESAMPLE_KAISER_BETA)
 
 
 def window_starts(n_samples: int, config: FeatureConfig, hop_s: float = DEFAULT_HOP_S) -> list[int]:

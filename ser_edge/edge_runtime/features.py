@@ -15,7 +15,8 @@ Choices (all fields of :class:`FeatureConfig`, written into every exported ONNX 
 * decibels relative to the loudest time-frequency bin of the clip:
   ``10 * log10(max(S, amin)) - 10 * log10(max(S.max(), amin))``, floored at
   ``-top_db``. Every clip therefore spans ``[-top_db, 0]`` dB and the features are
-  invariant to the input gain (as long as the clip's peak power is above ``amin``).
+  invariant to the input gain (for any clip whose peak mel power is above
+  ``amin * 10**(top_db/10)`` = 1e-12, i.e. any recording louder than one 16-bit LSB).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ import json
 from typing import Any, Mapping
 
 import numpy as np
-import scipy.fft
-import scipy.signal
+import scipy.fft  # pocketfft with SIMD: 2-4x faster than numpy.fft on float32 frames
 
 from ser_edge.edge_runtime.errors import ModelError
 
@@ -38,7 +38,11 @@ HOP_LENGTH = 256  # samples between frames (5.3 ms at 48 kHz)
 N_MELS = 128  # mel bins
 CLIP_S = 3.0  # seconds of audio per model input
 TOP_DB = 80.0  # dB: log floor below the clip's loudest bin
-AMIN = 1e-10  # power floor before the log, avoids log(0)
+# Power floor before the log, only there to avoid log(0). Far below any real clip's peak
+# (one 16-bit LSB gives a peak mel power near 1e-7), so the effective floor is always
+# ``top_db`` below the clip's own peak and the features stay gain-invariant down to
+# very quiet recordings. Safe in float32 (smallest normal 1.2e-38).
+AMIN = 1e-20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +159,8 @@ def mel_filterbank(config: FeatureConfig) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _window(config: FeatureConfig) -> np.ndarray:
-    window = scipy.signal.get_window(config.window, config.n_fft, fftbins=True).astype(np.float32)
+    # Periodic Hann (scipy.signal.get_window("hann", n_fft, fftbins=True)).
+    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(config.n_fft) / config.n_fft)).astype(np.float32)
     window.setflags(write=False)
     return window
 

@@ -205,8 +205,7 @@ class EmotionClassifier:
         resampled = to_model_rate(samples, sample_rate, config)
         windows, starts_s = split_windows(resampled, config, self.hop_s)
         probabilities = self.predict_features(log_mel(windows, config))
-        duration_s = len(samples) / sample_rate
-        return self._aggregate(probabilities, starts_s, duration_s, name)
+        return self._aggregate(probabilities, starts_s, len(resampled) / config.sample_rate, name)
 
     def _aggregate(
         self, probabilities: np.ndarray, starts_s: Sequence[float], duration_s: float, name: str | None

@@ -27,13 +27,14 @@ class Prepared:
     feature_set: FeatureSet
     data_hash: str
     skipped: list[str]
+    root: str
 
 
 def prepare(data_root: str | os.PathLike, feature_config: FeatureConfig, *, cache_dir, strict: bool = False) -> Prepared:
     scan = scan_dataset(data_root, strict=strict)
     digest = data_hash(scan.clips, data_root)
     feature_set = load_feature_set(scan.clips, feature_config, cache_dir=cache_dir, content_hash=digest)
-    return Prepared(feature_set, digest, scan.skipped)
+    return Prepared(feature_set, digest, scan.skipped, str(Path(data_root).resolve()))
 
 
 def train_split(
@@ -56,6 +57,7 @@ def train_split(
         model_config=model_config,
         augment=augment,
         data_hash=prepared.data_hash,
+        data_root=prepared.root,
         progress=progress,
     )
     return trainer.run()

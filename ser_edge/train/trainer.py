@@ -130,6 +130,7 @@ class Trainer:
         model_config: ModelConfig = ModelConfig(),
         augment: AugmentConfig = AugmentConfig(),
         data_hash: str = "",
+        data_root: str = "",
         progress: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -140,6 +141,7 @@ class Trainer:
         self.mc = model_config
         self.aug = augment
         self.data_hash = data_hash
+        self.data_root = data_root
         self.progress = progress
         self.rows = {name: feature_set.rows_for_actors(getattr(split, name)) for name in ("train", "val", "test")}
         for name, rows in self.rows.items():
@@ -158,6 +160,7 @@ class Trainer:
             "split": self.split.to_dict(),
             "n_windows": {k: int(len(v)) for k, v in self.rows.items()},
             "data_hash": self.data_hash,
+            "data_root": self.data_root,
             "code_version": code_version(),
             "torch_version": torch.__version__,
         }

@@ -1,0 +1,367 @@
+"""Training run -> one self-contained ONNX file the edge runtime loads.
+
+The graph: ``log_mel (B, 1, n_mels, n_frames)`` -> ``(x - mean) / scale`` (the training
+scaler, as constants) -> ParallelModel logits -> ``/ temperature`` -> softmax ->
+``probabilities (B, n_labels)``. Output is probabilities (not logits), in label order.
+
+Opset 17: the oldest opset with LayerNormalization as one op, supported by every
+onnxruntime since 1.12 and by ``onnx.reference``. The batch axis is dynamic and
+verified with batches of 1, 3 and 8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ser_edge.edge_runtime.errors import SerEdgeError
+from ser_edge.edge_runtime.features import FeatureConfig
+from ser_edge.edge_runtime.session import INPUT_NAME, OUTPUT_NAME
+from ser_edge.models.parallel import ParallelModel
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+PARITY_ATOL = 1e-4  # max |p_torch - p_onnx| allowed at export
+PARITY_BATCHES = (1, 3, 8)
+TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.25), np.log(8.0), 121))
+
+
+class ExportError(SerEdgeError):
+    """The exported graph is wrong (parity, shapes, checker) or the run is unusable."""
+
+
+class ExportWrapper(nn.Module):
+    """Scaler + model + temperature + softmax, as one graph."""
+
+    def __init__(self, model: ParallelModel, mean: np.ndarray, scale: np.ndarray, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.contiguous_format).eval()
+        self.register_buffer("mean", torch.from_numpy(np.asarray(mean, np.float32))[None, None])
+        self.register_buffer("inv_scale", torch.from_numpy(1.0 / np.asarray(scale, np.float32))[None, None])
+        self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature, dtype=torch.float32))
+
+    def logits(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return self.model((log_mel - self.mean) * self.inv_scale)
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(log_mel) * self.inv_temperature, dim=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityResult:
+    max_abs_diff: float
+    argmax_equal: bool
+    n: int
+    batches: tuple[int, ...]
+    reference_max_abs_diff: float | None = None
+
+
+def metadata_props(
+    labels: Sequence[str],
+    feature_config: FeatureConfig,
+    *,
+    model_name: str,
+    model_version: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    props = {
+        "labels": json.dumps(list(labels)),
+        "feature_config": feature_config.to_json(),
+        "model_name": model_name,
+        "model_version": model_version,
+        "export_date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "opset": str(OPSET),
+        "input": f"{INPUT_NAME}: float32 (batch, 1, n_mels, n_frames) log-mel, unnormalised",
+        "output": f"{OUTPUT_NAME}: float32 (batch, n_labels) softmax probabilities in label order",
+    }
+    for key, value in (extra or {}).items():
+        props[key] = value if isinstance(value, str) else json.dumps(value)
+    return props
+
+
+def export_onnx(wrapper: ExportWrapper, path: str | os.PathLike, feature_config: FeatureConfig, props: Mapping[str, str]) -> None:
+    """Trace ``wrapper`` to a single-file ONNX at ``path`` with a dynamic batch axis."""
+    import onnx
+
+    dummy = torch.zeros(2, 1, feature_config.n_mels, feature_config.n_frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused eager kernel has no ONNX form
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper.eval(),
+                (dummy,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name = "ser-edge"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    if any(p.name.endswith(".data") for p in path.parent.glob(path.name + "*") if p != path):
+        raise ExportError("export wrote external data next to the model", path=str(path))
+
+
+def torch_probabilities(wrapper: ExportWrapper, features: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return wrapper(torch.from_numpy(np.asarray(features, np.float32)[:, None])).numpy()
+
+
+def onnx_probabilities(path: str | os.PathLike, features: np.ndarray, batch: int = 8) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.asarray(features, np.float32)[:, None]
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def check_parity(
+    wrapper: ExportWrapper, path: str | os.PathLike, features: np.ndarray, *, reference: bool = True
+) -> ParityResult:
+    """PyTorch vs onnxruntime (batches 1, 3, 8) and vs ``onnx.reference`` (one window)."""
+    import onnxruntime as ort
+
+    expected = torch_probabilities(wrapper, features)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.asarray(features, np.float32)[:, None]
+    worst, argmax_equal = 0.0, True
+    for batch in PARITY_BATCHES:
+        for i in range(0, len(x), batch):
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch]})[0]
+            want = expected[i : i + batch]
+            if got.shape != want.shape:
+                raise ExportError(f"batch {batch}: onnxruntime returned {got.shape}, expected {want.shape}", path=str(path))
+            worst = max(worst, float(np.abs(got - want).max()))
+            argmax_equal &= bool((got.argmax(1) == want.argmax(1)).all())
+    reference_diff = None
+    if reference:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        evaluator = ReferenceEvaluator(onnx.load(str(path)))
+        got = evaluator.run(None, {INPUT_NAME: x[:1]})[0]
+        reference_diff = float(np.abs(got - expected[:1]).max())
+        worst = max(worst, reference_diff)
+        argmax_equal &= bool(got.argmax(1)[0] == expected[0].argmax())
+    result = ParityResult(worst, argmax_equal, len(x), PARITY_BATCHES, reference_diff)
+    if worst >= PARITY_ATOL or not argmax_equal:
+        raise ExportError(
+            f"PyTorch/ONNX parity failed: max |diff| {worst:.2e} (limit {PARITY_ATOL:.0e}), argmax equal: {argmax_equal}",
+            path=str(path),
+        )
+    return result
+
+
+def fit_temperature(window_logits: np.ndarray, window_clip: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the clip-level NLL (mean of window softmax), by grid search."""
+    from ser_edge.train.metrics import clip_probabilities
+
+    n_clips = len(labels)
+    best, best_nll = 1.0, np.inf
+    for temperature in TEMPERATURE_GRID:
+        z = window_logits / temperature
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        probs = clip_probabilities(z / z.sum(axis=1, keepdims=True), window_clip, n_clips)
+        nll = -np.mean(np.log(np.clip(probs[np.arange(n_clips), labels], 1e-12, 1.0)))
+        if nll < best_nll:
+            best, best_nll = float(temperature), nll
+    return best
+
+
+# -- from a run folder ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ExportReport:
+    path: str
+    parity: ParityResult
+    temperature: float
+    ece: dict[str, float]
+    test_metrics: dict[str, Any]
+    int8: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _run_features(run_config: Mapping[str, Any], data_dir: str | os.PathLike, cache_dir):
+    from ser_edge.train.pipeline import prepare
+
+    feature_config = FeatureConfig.from_dict(run_config["features"])
+    prepared = prepare(data_dir, feature_config, cache_dir=cache_dir)
+    if run_config.get("data_hash") and prepared.data_hash != run_config["data_hash"]:
+        log.warning("data hash %s differs from the run's %s", prepared.data_hash[:12], run_config["data_hash"][:12])
+    return feature_config, prepared.feature_set
+
+
+def _window_logits(wrapper: ExportWrapper, features: np.ndarray, rows: np.ndarray, batch: int = 64) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(rows), batch):
+            x = torch.from_numpy(np.asarray(features[rows[i : i + batch]], np.float32)[:, None])
+            out.append(wrapper.logits(x).numpy())
+    return np.concatenate(out)
+
+
+def _clip_eval(fs, rows: np.ndarray, window_probs: np.ndarray, labels: Sequence[str]) -> tuple[dict, np.ndarray, np.ndarray]:
+    from ser_edge.train import metrics
+    from ser_edge.train.trainer import clip_level
+
+    probs, y = clip_level(fs, rows, window_probs)
+    summary = metrics.summary(y, probs.argmax(1), labels)
+    summary["ece"] = metrics.expected_calibration_error(probs, y)
+    return summary, probs, y
+
+
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = logits / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike,
+    cache_dir=None,
+    calibrate: bool = True,
+    quantize: str | None = None,
+    model_name: str = "ser-edge-parallel",
+    model_version: str | None = None,
+) -> ExportReport:
+    """Export a run folder; parity-check on its test actors' clips; optional int8."""
+    from ser_edge import __version__
+    from ser_edge.train.scaler import Scaler
+    from ser_edge.train.trainer import load_model
+
+    run_dir = Path(run_dir)
+    for name in ("config.json", "scaler.npz", "best_parallel_ser.pt"):
+        if not (run_dir / name).is_file():
+            raise ExportError(f"run folder has no {name}", path=str(run_dir))
+    run_config = json.loads((run_dir / "config.json").read_text())
+    labels = run_config["labels"]
+    feature_config, fs = _run_features(run_config, data_dir, cache_dir)
+    scaler = Scaler.load(run_dir / "scaler.npz")
+    model = load_model(run_dir, feature_config)
+    split = run_config["split"]
+    val_rows, test_rows = fs.rows_for_actors(split["val"]), fs.rows_for_actors(split["test"])
+    if len(test_rows) == 0:
+        raise ExportError(f"no clips of the run's test actors {split['test']} under {data_dir}", path=str(run_dir))
+
+    wrapper = ExportWrapper(model, scaler.mean, scaler.scale)
+    temperature, ece = 1.0, {}
+    if calibrate and len(val_rows):
+        val_logits = _window_logits(wrapper, fs.features, val_rows)
+        owners = fs.window_clip[val_rows]
+        clips, local = np.unique(owners, return_inverse=True)
+        y_val = np.array([fs.clips[c].label_index for c in clips])
+        temperature = fit_temperature(val_logits, local, y_val)
+        test_logits = _window_logits(wrapper, fs.features, test_rows)
+        for split_name, rows, logits in (("val", val_rows, val_logits), ("test", test_rows, test_logits)):
+            ece[f"{split_name}_before"] = _clip_eval(fs, rows, _softmax(logits, 1.0), labels)[0]["ece"]
+            ece[f"{split_name}_after"] = _clip_eval(fs, rows, _softmax(logits, temperature), labels)[0]["ece"]
+        wrapper = ExportWrapper(model, scaler.mean, scaler.scale, temperature)
+
+    metrics_path = run_dir / "metrics.json"
+    run_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    test_window_probs = torch_probabilities(wrapper, np.asarray(fs.features[test_rows]))
+    test_summary = _clip_eval(fs, test_rows, test_window_probs, labels)[0]
+    provenance = {
+        "split_actors": split,
+        "test_metrics": {k: test_summary[k] for k in ("n", "accuracy", "macro_f1", "uar", "ece")},
+        "data_hash": run_config.get("data_hash", ""),
+        "code_version": run_config.get("code_version", ""),
+        "best_epoch": run_metrics.get("best_epoch"),
+        "temperature": temperature,
+        "ece": ece,
+        "recipe": {k: run_config[k] for k in ("train", "model", "augment")},
+    }
+    props = metadata_props(
+        labels, feature_config, model_name=model_name, model_version=model_version or __version__,
+        extra={"provenance": provenance, "license": "CC BY-NC-SA 4.0 (trained on RAVDESS)"},
+    )
+    export_onnx(wrapper, out_path, feature_config, props)
+    parity_rows = test_rows[: 16]
+    parity = check_parity(wrapper, out_path, np.asarray(fs.features[parity_rows]))
+    log.info("parity on %d test-actor windows: max |diff| %.2e", len(parity_rows), parity.max_abs_diff)
+
+    report = ExportReport(str(out_path), parity, temperature, ece, provenance["test_metrics"])
+    if quantize == "int8":
+        report.int8 = quantize_int8(out_path, fs, run_config, labels, test_summary)
+    return report
+
+
+def quantize_int8(fp32_path: str | os.PathLike, fs, run_config: Mapping[str, Any], labels, fp32_summary) -> dict[str, Any]:
+    """Static and dynamic int8 variants; keep the better; report the accuracy change."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_dynamic, quantize_static, QuantFormat
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path = Path(fp32_path)
+    split = run_config["split"]
+    test_rows = fs.rows_for_actors(split["test"])
+    calib_rows = fs.rows_for_actors(split["train"])
+    rng = np.random.default_rng(0)
+    calib_rows = np.sort(rng.choice(calib_rows, size=min(128, len(calib_rows)), replace=False))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._rows = iter(calib_rows)
+
+        def get_next(self):
+            row = next(self._rows, None)
+            return None if row is None else {INPUT_NAME: np.asarray(fs.features[row : row + 1], np.float32)[:, None]}
+
+    pre = fp32_path.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    candidates = {}
+    static_path = fp32_path.with_name(fp32_path.stem + ".int8-static.onnx")
+    quantize_static(str(pre), str(static_path), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    candidates["static"] = static_path
+    dynamic_path = fp32_path.with_name(fp32_path.stem + ".int8-dynamic.onnx")
+    quantize_dynamic(str(pre), str(dynamic_path), weight_type=QuantType.QInt8)
+    candidates["dynamic"] = dynamic_path
+    pre.unlink(missing_ok=True)
+
+    import onnx
+
+    fp32_meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    results = {}
+    for kind, path in candidates.items():
+        probs = onnx_probabilities(path, np.asarray(fs.features[test_rows]))
+        summary = _clip_eval(fs, test_rows, probs, labels)[0]
+        results[kind] = {"accuracy": summary["accuracy"], "delta_points": 100 * (summary["accuracy"] - fp32_summary["accuracy"]),
+                         "size_bytes": path.stat().st_size}
+    best = max(results, key=lambda k: results[k]["accuracy"])
+    final = fp32_path.with_name(fp32_path.stem + ".int8.onnx")
+    model = onnx.load(str(candidates[best]))
+    del model.metadata_props[:]
+    for key, value in {**fp32_meta, "quantization": f"int8 {best} (onnxruntime)"}.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save_model(model, str(final))
+    for path in candidates.values():
+        path.unlink(missing_ok=True)
+    return {"chosen": best, "path": str(final), "candidates": results,
+            "passes_bar": results[best]["delta_points"] > -1.0}

@@ -1,0 +1,104 @@
+"""Classification reports on chosen actors, for a run (PyTorch) or an ONNX model.
+
+The ONNX path goes through the edge runtime exactly as a user would: file -> load_audio ->
+resample -> windows -> log_mel -> onnxruntime -> mean of window probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from ser_edge.edge_runtime.errors import SerEdgeError
+from ser_edge.train import metrics
+from ser_edge.train.data import LABELS, Clip, DatasetError, scan_dataset
+
+
+@dataclasses.dataclass
+class Evaluation:
+    actors: list[int]
+    labels: tuple[str, ...]
+    y_true: np.ndarray
+    probabilities: np.ndarray
+    skipped: list[str]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        out = metrics.summary(self.y_true, self.probabilities.argmax(1), self.labels)
+        out["ece"] = metrics.expected_calibration_error(self.probabilities, self.y_true)
+        out["actors"] = self.actors
+        return out
+
+    def report(self) -> str:
+        head = f"actors {self.actors} ({len(self.y_true)} clips)\n\n"
+        return head + metrics.classification_report(self.y_true, self.probabilities.argmax(1), self.labels)
+
+
+def select_clips(data_dir: str | os.PathLike, actors: Iterable[int] | None) -> list[Clip]:
+    clips = scan_dataset(data_dir).clips
+    if actors is None:
+        return clips
+    wanted = set(actors)
+    chosen = [c for c in clips if c.actor in wanted]
+    missing = sorted(wanted - {c.actor for c in chosen})
+    if missing:
+        raise DatasetError(f"no clips of actors {missing}", path=str(data_dir))
+    return chosen
+
+
+def evaluate_onnx(
+    model_path: str | os.PathLike | None,
+    data_dir: str | os.PathLike,
+    actors: Iterable[int] | None,
+    *,
+    threads: int = 1,
+    transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
+) -> Evaluation:
+    """Evaluate an ONNX model through :class:`EmotionClassifier` on real files.
+
+    ``transform(samples, sample_rate)`` optionally corrupts each decoded clip (noise,
+    band-limiting) before it is classified.
+    """
+    from ser_edge.edge_runtime import EmotionClassifier, load_audio
+
+    classifier = EmotionClassifier(model_path, threads=threads)
+    clips = select_clips(data_dir, actors)
+    label_index = {label: i for i, label in enumerate(classifier.labels)}
+    y, probs, skipped = [], [], []
+    for clip in clips:
+        try:
+            audio = load_audio(clip.path)
+            samples, rate = audio.samples, audio.sample_rate
+            if transform is not None:
+                samples, rate = transform(samples, rate)
+            prediction = classifier.predict(samples, rate, name=clip.path)
+        except SerEdgeError as exc:
+            skipped.append(str(exc))
+            continue
+        y.append(label_index[clip.label])
+        probs.append([prediction.probabilities[label] for label in classifier.labels])
+    return Evaluation(sorted({c.actor for c in clips}), classifier.labels, np.array(y), np.array(probs), skipped)
+
+
+def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, actors: Iterable[int] | None, *, cache_dir=None) -> Evaluation:
+    """Evaluate a run's best PyTorch weights (scaler applied) on the given actors."""
+    from ser_edge.edge_runtime.features import FeatureConfig
+    from ser_edge.train.data import data_hash, load_feature_set
+    from ser_edge.train.scaler import Scaler
+    from ser_edge.train.trainer import clip_level, load_model, predict_windows
+
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    feature_config = FeatureConfig.from_dict(config["features"])
+    clips = select_clips(data_dir, actors)
+    fs = load_feature_set(clips, feature_config, cache_dir=cache_dir, content_hash=data_hash(clips, data_dir))
+    rows = np.arange(len(fs.window_clip))
+    model = load_model(run_dir, feature_config)
+    window_probs = predict_windows(model, fs.features, rows, Scaler.load(run_dir / "scaler.npz"), "cpu")
+    probs, y = clip_level(fs, rows, window_probs)
+    return Evaluation(sorted({c.actor for c in fs.clips}), tuple(config.get("labels", LABELS)), y, probs, [])

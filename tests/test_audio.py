@@ -1,0 +1,192 @@
+"""Audio in: formats, mix-down, resampling quality, window policy, and every bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal  # reference only (welch); the runtime does not use scipy.signal
+import soundfile as sf
+
+from ser_edge.edge_runtime import audio as audio_mod
+from ser_edge.edge_runtime.audio import (
+    check_signal,
+    load_audio,
+    split_windows,
+    to_model_rate,
+    window_starts,
+)
+from ser_edge.edge_runtime.errors import (
+    AudioFileNotFoundError,
+    AudioTooLongError,
+    CorruptAudioError,
+    EmptyAudioError,
+    NonFiniteAudioError,
+    NotAudioError,
+    SampleRateError,
+    SerEdgeError,
+    SilentAudioError,
+)
+from ser_edge.edge_runtime.features import FeatureConfig
+
+from conftest import tone
+
+CONFIG = FeatureConfig()
+
+
+@pytest.mark.parametrize(
+    "fmt,subtype,atol",
+    [("WAV", "PCM_16", 1e-4), ("WAV", "PCM_24", 1e-6), ("WAV", "PCM_32", 1e-6),
+     ("WAV", "FLOAT", 0), ("WAV", "DOUBLE", 0), ("FLAC", "PCM_16", 1e-4), ("FLAC", "PCM_24", 1e-6)],
+)
+def test_reads_formats(tmp_path, fmt, subtype, atol):
+    x = tone(440, 0.5, 48_000)
+    path = tmp_path / f"x.{fmt.lower()}"
+    sf.write(path, x, 48_000, format=fmt, subtype=subtype)
+    got = load_audio(path)
+    assert got.sample_rate == 48_000
+    assert got.samples.dtype == np.float32
+    np.testing.assert_allclose(got.samples, x, atol=atol + 1e-7)
+
+
+def test_mixes_down_any_channel_count(tmp_path):
+    rng = np.random.default_rng(0)
+    x = (0.1 * rng.standard_normal((4800, 8))).astype(np.float32)
+    sf.write(tmp_path / "multi.wav", x, 48_000, subtype="FLOAT")
+    got = load_audio(tmp_path / "multi.wav")
+    np.testing.assert_allclose(got.samples, x.mean(axis=1), atol=1e-6)
+
+
+def test_anti_aliasing_96k_to_48k():
+    """A 30 kHz tone at 96 kHz would alias to 18 kHz: nothing may remain above -60 dB below 20 kHz."""
+    x = tone(30_000, 1.0, 96_000, amplitude=1.0)
+    y = to_model_rate(x, 96_000, CONFIG)
+    freqs, power = scipy.signal.welch(y, fs=48_000, nperseg=4096, window="blackmanharris", scaling="spectrum")
+    reference = scipy.signal.welch(tone(1000, 1.0, 48_000, amplitude=1.0), fs=48_000, nperseg=4096,
+                                   window="blackmanharris", scaling="spectrum")[1].max()
+    level_db = 10 * np.log10(power[freqs < 20_000].max() / reference)
+    assert level_db < -60, f"alias at {level_db:.1f} dB"
+
+
+def test_passband_kept_when_resampling():
+    x = tone(1000, 1.0, 16_000, amplitude=0.5)
+    y = to_model_rate(x, 16_000, CONFIG)
+    assert len(y) == 48_000
+    mid = y[4800:-4800]
+    assert np.sqrt(np.mean(mid**2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.01)
+
+
+@pytest.mark.parametrize("rate", [8_000, 16_000, 22_050, 44_100, 48_000, 96_000])
+def test_resampled_length(rate):
+    x = tone(440, 2.0, rate)
+    assert abs(len(to_model_rate(x, rate, CONFIG)) - 96_000) <= 1
+
+
+def test_short_clip_is_centred():
+    x = np.ones(48_000, np.float32)
+    windows, starts = split_windows(x, CONFIG)
+    assert windows.shape == (1, CONFIG.n_samples) and list(starts) == [0.0]
+    nonzero = np.flatnonzero(windows[0])
+    assert nonzero[0] == 48_000 and nonzero[-1] == 96_000 - 1
+
+
+def test_long_clip_windows_cover_everything():
+    n = int(5.5 * 48_000)
+    assert window_starts(n, CONFIG, 1.0) == [0, 48_000, 96_000, n - CONFIG.n_samples]
+    assert window_starts(5 * 48_000, CONFIG, 1.0) == [0, 48_000, 96_000]
+    x = np.arange(n, dtype=np.float32)
+    windows, starts = split_windows(x, CONFIG, 1.0)
+    np.testing.assert_allclose(starts, [0.0, 1.0, 2.0, 2.5])
+    assert windows[-1, -1] == n - 1 and windows[0, 0] == 0
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AudioFileNotFoundError, match="no such file"):
+        load_audio(tmp_path / "nope.wav")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(NotAudioError, match="directory"):
+        load_audio(tmp_path)
+
+
+def test_not_audio(tmp_path):
+    path = tmp_path / "notes.wav"
+    path.write_text("these are not samples\n" * 20)
+    with pytest.raises(NotAudioError, match="not a supported audio file") as info:
+        load_audio(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_flac(tmp_path):
+    path = tmp_path / "cut.flac"
+    rng = np.random.default_rng(0)
+    sf.write(path, (0.3 * rng.standard_normal(48_000 * 2)).astype(np.float32), 48_000, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] + bytes(4096))
+    with pytest.raises((CorruptAudioError, NotAudioError)):
+        load_audio(path)
+
+
+def test_corrupt_header(tmp_path):
+    path = tmp_path / "bad.wav"
+    sf.write(path, tone(440, 0.5, 48_000), 48_000)
+    data = bytearray(path.read_bytes())
+    data[20:36] = b"\xff" * 16  # fmt chunk garbage
+    path.write_bytes(bytes(data))
+    with pytest.raises(SerEdgeError):
+        load_audio(path)
+
+
+def test_zero_samples(tmp_path):
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 48_000)
+    with pytest.raises(EmptyAudioError, match="zero samples"):
+        load_audio(tmp_path / "empty.wav")
+
+
+def test_all_zero(tmp_path):
+    sf.write(tmp_path / "silent.wav", np.zeros(4800, np.float32), 48_000)
+    with pytest.raises(SilentAudioError, match="all zeros"):
+        load_audio(tmp_path / "silent.wav")
+
+
+def test_non_finite(tmp_path):
+    x = tone(440, 0.5, 48_000)
+    x[100] = np.nan
+    sf.write(tmp_path / "nan.wav", x, 48_000, subtype="FLOAT")
+    with pytest.raises(NonFiniteAudioError, match="NaN"):
+        load_audio(tmp_path / "nan.wav")
+    with pytest.raises(NonFiniteAudioError):
+        check_signal(np.array([0.1, np.inf], np.float32), 48_000)
+
+
+@pytest.mark.parametrize("rate", [1, 500, 768_000])
+def test_absurd_sample_rate(tmp_path, rate):
+    path = tmp_path / "rate.wav"
+    sf.write(path, tone(10, 0.5, max(rate, 100))[:1000], rate)
+    with pytest.raises(SampleRateError, match="outside"):
+        load_audio(path)
+
+
+def test_too_long_is_configurable(tmp_path):
+    sf.write(tmp_path / "long.wav", tone(440, 4.0, 8_000), 8_000)
+    with pytest.raises(AudioTooLongError, match="over the 3 s limit"):
+        load_audio(tmp_path / "long.wav", max_duration_s=3.0)
+    assert load_audio(tmp_path / "long.wav", max_duration_s=5.0).duration_s == pytest.approx(4.0)
+
+
+def test_default_limit_is_ten_minutes():
+    assert audio_mod.MAX_DURATION_S == 600.0
+
+
+@pytest.mark.parametrize("rate", [1_000, 8_000, 11_025, 16_000, 22_050, 44_100, 44_101, 96_000, 384_000])
+def test_resampler_matches_scipy(rate):
+    scipy_signal = pytest.importorskip("scipy.signal")
+    import math
+
+    x = np.random.default_rng(rate).standard_normal(rate // 2).astype(np.float32)
+    g = math.gcd(rate, 48_000)
+    want = scipy_signal.resample_poly(x.astype(np.float64), 48_000 // g, rate // g,
+                                      window=("kaiser", audio_mod.RESAMPLE_KAISER_BETA))
+    got = to_model_rate(x, rate, CONFIG)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -1,0 +1,112 @@
+"""The ser-edge CLI: table, JSON Lines, timeline, directories, errors and exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+from click.testing import CliRunner
+
+from ser_edge.cli import main
+
+from conftest import tone
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def test_table(tiny_model, wav):
+    path = wav(300, 2.0)
+    result = run("classify", path, "--model", tiny_model)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["file", "emotion", "conf"]
+    assert lines[1].split()[:2] == [str(path), "neutral"]
+
+
+def test_json_lines_schema(tiny_model, wav):
+    a, b = wav(300, 2.0, name="a.wav"), wav(10_000, 4.0, name="b.wav")
+    result = run("classify", a, b, "--model", tiny_model, "--json")
+    assert result.exit_code == 0
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in rows] == [str(a), str(b)]
+    assert set(rows[0]) == {"path", "label", "confidence", "probabilities"}
+    assert rows[1]["label"] == "disgust"
+    assert abs(sum(rows[1]["probabilities"].values()) - 1) < 1e-5
+
+
+def test_timeline(tiny_model, wav):
+    result = run("classify", wav(300, 5.0), "--model", tiny_model, "--json", "--timeline")
+    row = json.loads(result.stdout)
+    assert [(w["start_s"], w["end_s"]) for w in row["windows"]] == [(0.0, 3.0), (1.0, 4.0), (2.0, 5.0)]
+
+
+def test_directory_recursion_and_bad_files_continue(tiny_model, wav, tmp_path):
+    wav(300, 2.0, name="clips/a.wav")
+    wav(10_000, 2.0, name="clips/deeper/b.flac")
+    (tmp_path / "clips" / "broken.wav").write_bytes(b"RIFF....garbage")
+    (tmp_path / "clips" / "readme.txt").write_text("ignored")
+    result = run("classify", tmp_path / "clips", "--model", tiny_model, "--json")
+    assert result.exit_code == 1
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3
+    broken = [r for r in rows if "error" in r]
+    assert len(broken) == 1 and broken[0]["path"].endswith("broken.wav") and set(broken[0]) == {"path", "error"}
+    assert sorted(r["label"] for r in rows if "label" in r) == ["disgust", "neutral"]
+    assert "broken.wav" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_each_error_is_one_line(tiny_model, tmp_path):
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(4800, np.float32), 48_000)
+    result = run("classify", tmp_path / "missing.wav", empty_dir, silent, "--model", tiny_model)
+    assert result.exit_code == 1
+    errors = result.stderr.strip().splitlines()
+    assert errors == [
+        f"error: {tmp_path / 'missing.wav'}: no such file",
+        f"error: {empty_dir}: directory holds no .wav or .flac files",
+        f"error: {silent}: audio is all zeros (digital silence)",
+    ]
+
+
+def test_usage_errors_exit_2(tiny_model, wav, tmp_path):
+    assert run("classify").exit_code == 2
+    assert run("classify", wav(), "--threads", "0", "--model", tiny_model).exit_code == 2
+    missing_model = run("classify", wav(), "--model", tmp_path / "none.onnx")
+    assert missing_model.exit_code == 2
+    assert missing_model.stderr.strip() == f"error: {tmp_path / 'none.onnx'}: model file not found"
+
+
+def test_max_duration_option(tiny_model, wav):
+    result = run("classify", wav(300, 4.0), "--model", tiny_model, "--max-duration", "3")
+    assert result.exit_code == 1 and "over the 3 s limit" in result.stderr
+
+
+def test_stdin_wav(tiny_model):
+    buffer = io.BytesIO()
+    sf.write(buffer, tone(300, 2.0, 16_000), 16_000, format="WAV")
+    result = run("classify", "-", "--model", tiny_model, "--json", input=buffer.getvalue())
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["label"] == "neutral" and row["path"] == "-"
+
+
+def test_info(tiny_model):
+    result = run("info", "--model", tiny_model, "--json")
+    assert result.exit_code == 0
+    meta = json.loads(result.stdout)
+    assert meta["labels"][0] == "neutral" and meta["feature_config"]["n_mels"] == 128
+
+
+def test_console_script_runs_without_traceback(tiny_model, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ser_edge.cli", "classify", str(tmp_path / "x.wav"), "--model", str(tiny_model)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {tmp_path / 'x.wav'}: no such file"

@@ -1,0 +1,38 @@
+"""The edge runtime and `classify` work with torch and onnx blocked, and never import them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+BLOCK = "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; sys.modules['onnxscript'] = None\n"
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK + code], capture_output=True, text=True, timeout=120)
+
+
+def test_import_runtime_with_torch_blocked():
+    result = run_python("import ser_edge, ser_edge.edge_runtime, ser_edge.cli; print('ok')")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_classify_with_torch_blocked(tiny_model, wav):
+    path = wav(300, 2.0)
+    code = (
+        "from ser_edge.cli import main\n"
+        f"main(['classify', {str(path)!r}, '--model', {str(tiny_model)!r}, '--json'], standalone_mode=False)\n"
+        "assert not any(m.split('.')[0] in ('torch', 'onnx') and sys.modules[m] is not None for m in sys.modules)\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["label"] == "neutral"
+
+
+def test_training_command_reports_missing_extra():
+    code = "from ser_edge.cli import main\nmain(['train', '/nonexistent'])\n"
+    result = run_python(code)
+    assert result.returncode == 2
+    assert "pip install 'ser-edge[train]'" in result.stderr and "Traceback" not in result.stderr
