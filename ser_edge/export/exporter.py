@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -99,7 +100,9 @@ def export_onnx(wrapper: ExportWrapper, path: str | os.PathLike, feature_config:
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused eager kernel has no ONNX form
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # MultiheadAttention's shape asserts are constant for a fixed model: harmless.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 wrapper.eval(),
                 (dummy,),

@@ -1,0 +1,112 @@
+"""Exporter on a small ParallelModel: parity, dynamic batch, checker, reference evaluator, metadata."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ser_edge.edge_runtime import EmotionClassifier, FeatureConfig
+from ser_edge.export.exporter import (
+    PARITY_ATOL,
+    ExportError,
+    ExportWrapper,
+    check_parity,
+    export_onnx,
+    fit_temperature,
+    metadata_props,
+    onnx_probabilities,
+    torch_probabilities,
+)
+from ser_edge.models.parallel import ModelConfig
+from ser_edge.train.trainer import build_model
+
+from conftest import LABELS, tone
+
+SMALL_FEATURES = FeatureConfig(sample_rate=16_000, n_fft=256, hop_length=128, n_mels=32, clip_s=1.0, f_max_hz=8_000.0)
+SMALL_MODEL = ModelConfig(n_mels=32, conv_channels=(4, 8, 8), conv_pools=((2, 2), (2, 2), (2, 2)), d_model=16,
+                          n_heads=2, ff_dim=32, n_layers=2, transformer_pool=(2, 4))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(SMALL_MODEL, SMALL_FEATURES, "cpu").eval()
+    rng = np.random.default_rng(0)
+    mean = rng.normal(-40, 5, (32, SMALL_FEATURES.n_frames)).astype(np.float32)
+    scale = rng.uniform(5, 15, (32, SMALL_FEATURES.n_frames)).astype(np.float32)
+    wrapper = ExportWrapper(model, mean, scale, temperature=1.5)
+    path = tmp_path_factory.mktemp("export") / "small.onnx"
+    props = metadata_props(LABELS, SMALL_FEATURES, model_name="small-test", model_version="0.0.1",
+                           extra={"provenance": {"split_actors": {"test": [1]}}})
+    export_onnx(wrapper, path, SMALL_FEATURES, props)
+    features = rng.uniform(-80, 0, (8, 32, SMALL_FEATURES.n_frames)).astype(np.float32)
+    return wrapper, path, features
+
+
+def test_parity_and_dynamic_batch(exported):
+    wrapper, path, features = exported
+    result = check_parity(wrapper, path, features)
+    assert result.max_abs_diff < PARITY_ATOL and result.argmax_equal
+    assert result.reference_max_abs_diff is not None and result.reference_max_abs_diff < PARITY_ATOL
+    want = torch_probabilities(wrapper, features)
+    for batch in (1, 3, 8):
+        np.testing.assert_allclose(onnx_probabilities(path, features, batch=batch), want, atol=PARITY_ATOL)
+
+
+def test_scaler_and_temperature_are_in_the_graph(exported):
+    wrapper, path, features = exported
+    x = torch.from_numpy(features[:, None])
+    with torch.no_grad():
+        manual = torch.softmax(wrapper.model((x - wrapper.mean) / torch.from_numpy(1 / wrapper.inv_scale.numpy())) / 1.5, dim=1)
+    np.testing.assert_allclose(onnx_probabilities(path, features), manual.numpy(), atol=1e-5)
+
+
+def test_single_file_checker_and_metadata(exported):
+    import onnx
+
+    _, path, _ = exported
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["labels"]) == LABELS
+    assert FeatureConfig.from_json(meta["feature_config"]) == SMALL_FEATURES
+    assert meta["opset"] == "17" and meta["model_name"] == "small-test" and "export_date" in meta
+    assert json.loads(meta["provenance"])["split_actors"]["test"] == [1]
+
+
+def test_runtime_loads_the_export(exported):
+    wrapper, path, _ = exported
+    clf = EmotionClassifier(path)
+    assert clf.labels == tuple(LABELS) and clf.feature_config == SMALL_FEATURES
+    signal = tone(440, 2.5, 16_000)
+    pred = clf.predict(signal, 16_000)
+    from ser_edge.edge_runtime import log_mel, split_windows
+
+    windows, _ = split_windows(signal, SMALL_FEATURES)
+    want = torch_probabilities(wrapper, log_mel(windows, SMALL_FEATURES)).mean(axis=0)
+    np.testing.assert_allclose([pred.probabilities[l] for l in LABELS], want, atol=PARITY_ATOL)
+
+
+def test_parity_failure_is_loud(exported):
+    wrapper, path, features = exported
+    torch.manual_seed(1)
+    other = ExportWrapper(build_model(SMALL_MODEL, SMALL_FEATURES, "cpu").eval(), wrapper.mean[0, 0].numpy(),
+                          1 / wrapper.inv_scale[0, 0].numpy())
+    with pytest.raises(ExportError, match="parity failed"):
+        check_parity(other, path, features, reference=False)
+
+
+def test_fit_temperature_recovers_overconfidence():
+    rng = np.random.default_rng(0)
+    n, k = 400, 4
+    labels = rng.integers(0, k, n)
+    true_logits = rng.normal(0, 1, (n, k))
+    true_logits[np.arange(n), labels] += 1.0
+    # Sample labels from softmax(true_logits) would be ideal; instead scale logits up 3x
+    # (overconfident) and check the fitted temperature undoes a good part of it.
+    temperature = fit_temperature(3.0 * true_logits, np.arange(n), labels)
+    assert temperature > 1.5

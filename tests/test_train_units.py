@@ -1,0 +1,151 @@
+"""Training units: file-name parsing, actor splits, scaler, class weights, augmentation, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ser_edge.edge_runtime.features import FeatureConfig
+from ser_edge.train import metrics
+from ser_edge.train.augment import AugmentConfig, add_noise, freq_warp, spec_augment
+from ser_edge.train.data import DatasetError, FeatureSet, kfold_splits, parse_name, scan_dataset, split_actors
+from ser_edge.train.scaler import Scaler
+from ser_edge.train.trainer import class_weights
+
+ACTORS = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 20, 21, 23, 24]
+
+
+def test_parse_valid_name():
+    clip = parse_name("Actor_05/03-01-06-02-01-02-05.wav")
+    assert (clip.emotion, clip.label, clip.intensity, clip.statement, clip.repetition, clip.actor) == (6, "fearful", 2, 1, 2, 5)
+    assert not clip.is_female and clip.label_index == 5
+
+
+@pytest.mark.parametrize(
+    "name,problem",
+    [
+        ("hello.wav", "not a RAVDESS name"),
+        ("03-01-09-01-01-01-01.wav", "emotion code 09"),
+        ("03-01-01-01-01-01-25.wav", "actor code 25"),
+        ("03-02-03-01-01-01-01.wav", "not an audio-only speech clip"),
+        ("01-01-03-01-01-01-01.wav", "not an audio-only speech clip"),
+        ("03-01-01-02-01-01-01.wav", "neutral has no strong intensity"),
+        ("03-01-1-01-01-01-01.wav", "not a RAVDESS name"),
+    ],
+)
+def test_parse_rejects(name, problem):
+    with pytest.raises(DatasetError, match=problem):
+        parse_name(name)
+
+
+def test_scan_skips_or_fails_strict(tmp_path, wav):
+    wav(300, 1.0, name="Actor_01/03-01-01-01-01-01-01.wav")
+    wav(300, 1.0, name="Actor_01/03-02-01-01-01-01-01.wav")  # song
+    wav(300, 1.0, name="Actor_01/notes.wav")
+    result = scan_dataset(tmp_path)
+    assert [c.actor for c in result.clips] == [1] and len(result.skipped) == 2
+    with pytest.raises(DatasetError):
+        scan_dataset(tmp_path, strict=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no RAVDESS speech clips"):
+        scan_dataset(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="does not exist"):
+        scan_dataset(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_split_is_disjoint_and_balanced(seed):
+    split = split_actors(ACTORS, seed=seed)
+    sets = [set(split.train), set(split.val), set(split.test)]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert sets[0] | sets[1] | sets[2] == set(ACTORS)
+    assert (len(split.train), len(split.val), len(split.test)) == (16, 2, 2)
+    for part in (split.val, split.test):
+        assert sorted(a % 2 for a in part) == [0, 1]  # one female, one male
+    assert split == split_actors(ACTORS, seed=seed)
+
+
+def test_kfold_each_actor_tested_once():
+    splits = kfold_splits(ACTORS, 5, seed=0)
+    tested = [a for s in splits for a in s.test]
+    assert sorted(tested) == ACTORS
+    for s in splits:
+        assert len(s.test) == 4 and len(s.val) == 2
+        assert not (set(s.train) & set(s.val) or set(s.train) & set(s.test) or set(s.val) & set(s.test))
+        assert sorted(a % 2 for a in s.test) == [0, 0, 1, 1]
+
+
+def test_scaler_fits_train_rows_only(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((10, 4, 5)).astype(np.float32)
+    features[5:] += 100.0  # "test" rows far away
+    train_rows = np.arange(5)
+    scaler = Scaler.fit(features, train_rows)
+    np.testing.assert_allclose(scaler.mean, features[:5].mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(scaler.scale, features[:5].std(axis=0), rtol=1e-4)
+    z = scaler.transform(features[:5])
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-5)
+    scaler.save(tmp_path / "scaler.npz")
+    loaded = Scaler.load(tmp_path / "scaler.npz")
+    np.testing.assert_array_equal(loaded.mean, scaler.mean)
+    with np.load(tmp_path / "scaler.npz", allow_pickle=False) as data:
+        assert sorted(data.files) == ["mean", "scale"]
+
+
+def test_scaler_constant_position_gets_unit_scale():
+    features = np.ones((4, 2, 2), np.float32)
+    assert (Scaler.fit(features, np.arange(4)).scale == 1).all()
+
+
+def test_class_weights_inverse_frequency():
+    labels = np.array([0] * 4 + [1] * 8 + [2] * 8)
+    w = class_weights(labels, 3)
+    assert w[0] == pytest.approx(2 * w[1]) and w[1] == pytest.approx(w[2])
+    assert w.mean() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no examples"):
+        class_weights(np.array([0, 0, 1]), 3)
+
+
+def test_add_noise_hits_the_snr():
+    rng = np.random.default_rng(0)
+    clean = np.sin(np.linspace(0, 2000, 48_000)).astype(np.float32)[None]
+    noisy = add_noise(clean, np.array([10.0]), rng)
+    snr = 10 * np.log10(np.mean(clean**2) / np.mean((noisy - clean) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.2)
+
+
+def test_freq_warp_stretches_mel_axis():
+    features = np.tile(np.linspace(-80, 0, 128, dtype=np.float32)[:, None], (1, 1, 10))
+    warped = freq_warp(features.copy(), AugmentConfig(warp_prob=1.0, warp_range=(1.1, 1.1)), np.random.default_rng(0))
+    assert warped.shape == features.shape
+    assert warped[0, 64, 0] < features[0, 64, 0]  # content moved up: same bin now holds lower values
+
+
+def test_spec_augment_masks_bands():
+    x = torch.ones(4, 1, 128, 200)
+    aug = AugmentConfig(freq_masks=1, freq_mask_bins=20, time_masks=1, time_mask_frames=30)
+    out = spec_augment(x, aug, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    zero_rows = (out == 0).all(dim=3).sum(dim=(1, 2))
+    zero_cols = (out == 0).all(dim=2).sum(dim=(1, 2))
+    assert (zero_rows <= 20).all() and (zero_cols <= 30).all() and (out == 0).any()
+
+
+def test_classification_report_format():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 1, 1, 1, 2, 0])
+    text = metrics.classification_report(y_true, y_pred, ["a", "b", "c"])
+    lines = text.splitlines()
+    assert lines[0].split() == ["precision", "recall", "f1-score", "support"]
+    assert lines[2].split() == ["a", "0.500", "0.500", "0.500", "2"]
+    assert lines[6].split() == ["accuracy", "0.667", "6"]
+    summary = metrics.summary(y_true, y_pred, ["a", "b", "c"])
+    assert summary["accuracy"] == pytest.approx(4 / 6)
+    assert summary["uar"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+
+
+def test_ece_of_perfectly_calibrated_is_zero():
+    probs = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert metrics.expected_calibration_error(probs, np.array([0, 1])) == 0.0
+    assert metrics.expected_calibration_error(probs, np.array([1, 0])) == pytest.approx(1.0)
