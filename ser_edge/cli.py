@@ -307,5 +307,27 @@ def export(run_dir, out_path, data_dir, quantize, no_calibrate, cache_dir) -> No
         click.echo(f"int8 ({report.int8['chosen']}): {report.int8['path']}, accuracy change {chosen['delta_points']:+.1f} points, {verdict}")
 
 
+@main.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, exists=True), help="fp32 ONNX model (default: the shipped one).")
+@click.option("--int8-model", type=click.Path(dir_okay=False, exists=True), help="Also benchmark this int8 model.")
+@click.option("--repeats", type=click.IntRange(min=1), default=200, show_default=True, help="Timed repetitions per measurement.")
+@click.option("--no-torch", is_flag=True, help="Skip the PyTorch eager reference.")
+@click.option("--targets", type=click.Path(dir_okay=False, exists=True), help="targets.json to report against.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full results as JSON here.")
+def bench(model_path, int8_model, repeats, no_torch, targets, json_out) -> None:
+    """Latency per stage, batch/thread scaling, cold start, memory and install size."""
+    from ser_edge.bench import BenchConfig, markdown, run
+
+    config = BenchConfig(model=model_path, int8_model=int8_model, repeats=repeats, warmup=max(1, repeats // 10),
+                         torch_reference=not no_torch)
+    try:
+        results = run(config)
+    except SerEdgeError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    if json_out:
+        Path(json_out).write_text(json.dumps(results, indent=2))
+    click.echo(markdown(results, json.loads(Path(targets).read_text()) if targets else None), nl=False)
+
+
 if __name__ == "__main__":
     main()

@@ -24,7 +24,7 @@ def test_classify_with_torch_blocked(tiny_model, wav):
     code = (
         "from ser_edge.cli import main\n"
         f"main(['classify', {str(path)!r}, '--model', {str(tiny_model)!r}, '--json'], standalone_mode=False)\n"
-        "assert not any(m.split('.')[0] in ('torch', 'onnx') and sys.modules[m] is not None for m in sys.modules)\n"
+        "assert not any(m.split('.')[0] in ('torch', 'onnx', 'scipy') and sys.modules[m] is not None for m in sys.modules)\n"
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr

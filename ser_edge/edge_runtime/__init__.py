@@ -1,6 +1,7 @@
 """The torch-free edge runtime: audio in, log-mel, onnxruntime, probabilities out.
 
-Imports only numpy, scipy, soundfile and (when a session is created) onnxruntime.
+Imports only numpy, soundfile and (when a session is created) onnxruntime: no torch,
+no onnx, no scipy (tests/test_no_torch.py checks all three).
 """
 
 from ser_edge.edge_runtime.audio import Audio, load_audio, split_windows, to_model_rate
