@@ -69,8 +69,9 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines, one object per input file.")
 @click.option("--timeline", is_flag=True, help="Include per-window predictions (3 s windows).")
 @click.option("--hop", "hop_s", type=click.FloatRange(min=0.01), default=DEFAULT_HOP_S, show_default=True, help="Seconds between windows on long clips.")
+@click.option("--raw-rate", type=click.IntRange(min=1), help="Read stdin ('-') as raw 16-bit little-endian mono PCM at this rate.")
 @click.option("--max-duration", "max_duration_s", type=click.FloatRange(min=0.1), default=MAX_DURATION_S, show_default=True, help="Reject clips longer than this many seconds.")
-def classify(paths, model_path, threads, as_json, timeline, hop_s, max_duration_s) -> None:
+def classify(paths, model_path, threads, as_json, timeline, hop_s, raw_rate, max_duration_s) -> None:
     """Classify WAV/FLAC files or directories (recursive); '-' reads audio from stdin."""
     classifier = _load_classifier(model_path, threads, hop_s, max_duration_s)
     failed = 0
@@ -81,8 +82,7 @@ def classify(paths, model_path, threads, as_json, timeline, hop_s, max_duration_
         if error is None:
             try:
                 if path == STDIN:
-                    prediction = classifier.predict_file(_stdin_audio())
-                    prediction = _with_path(prediction, STDIN)
+                    prediction = _classify_stdin(classifier, raw_rate)
                 else:
                     prediction = classifier.predict_file(path)
             except SerEdgeError as exc:
@@ -104,19 +104,25 @@ def classify(paths, model_path, threads, as_json, timeline, hop_s, max_duration_
         raise click.exceptions.Exit(EXIT_INPUT_FAILED)
 
 
-def _stdin_audio():
+PCM16_SCALE = 32768.0  # int16 full scale
+
+
+def _classify_stdin(classifier, raw_rate: int | None):
+    """WAV/FLAC (any format soundfile reads) or, with --raw-rate, raw s16le mono PCM."""
+    import dataclasses
     import io
 
+    import numpy as np
+
     data = sys.stdin.buffer.read()
+    if raw_rate is not None:
+        if len(data) % 2:
+            raise NotAudioError("raw PCM on stdin has an odd number of bytes (expected 16-bit samples)", path=STDIN)
+        samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / PCM16_SCALE
+        return classifier.predict(samples, raw_rate, name=STDIN)
     stream = io.BytesIO(data)
     stream.name = STDIN
-    return stream
-
-
-def _with_path(prediction, path):
-    import dataclasses
-
-    return dataclasses.replace(prediction, path=path)
+    return dataclasses.replace(classifier.predict_file(stream), path=STDIN)
 
 
 @main.command()

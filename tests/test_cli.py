@@ -110,3 +110,18 @@ def test_console_script_runs_without_traceback(tiny_model, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {tmp_path / 'x.wav'}: no such file"
+
+
+def test_stdin_raw_pcm(tiny_model):
+    pcm = (tone(300, 2.0, 8_000) * 32767).astype("<i2").tobytes()
+    result = run("classify", "-", "--model", tiny_model, "--json", "--raw-rate", "8000", input=pcm)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["label"] == "neutral"
+    odd = run("classify", "-", "--model", tiny_model, "--raw-rate", "8000", input=pcm[:-1])
+    assert odd.exit_code == 1 and "odd number of bytes" in odd.stderr
+
+
+def test_stdin_garbage(tiny_model):
+    result = run("classify", "-", "--model", tiny_model, input=b"\x00\x01garbage" * 10)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: -: not a supported audio file (WAV or FLAC)"

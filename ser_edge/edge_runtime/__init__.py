@@ -13,6 +13,7 @@ from ser_edge.edge_runtime.session import (
     WindowPrediction,
     default_model_path,
 )
+from ser_edge.edge_runtime.streaming import StreamingClassifier
 
 __all__ = [
     "Audio",
@@ -21,6 +22,7 @@ __all__ = [
     "ModelError",
     "Prediction",
     "SerEdgeError",
+    "StreamingClassifier",
     "WindowPrediction",
     "default_model_path",
     "load_audio",

@@ -18,7 +18,6 @@ Window policy (documented once, here):
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from typing import BinaryIO, Union
 
@@ -66,7 +65,7 @@ class Audio:
 def _name(source: AudioSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
-    return getattr(source, "name", "<stream>") if not isinstance(source, io.BytesIO) else "<bytes>"
+    return str(getattr(source, "name", "<stream>"))
 
 
 def check_signal(

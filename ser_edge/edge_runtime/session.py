@@ -205,28 +205,34 @@ class EmotionClassifier:
         resampled = to_model_rate(samples, sample_rate, config)
         windows, starts_s = split_windows(resampled, config, self.hop_s)
         probabilities = self.predict_features(log_mel(windows, config))
-        return self._aggregate(probabilities, starts_s, len(resampled) / config.sample_rate, name)
+        return aggregate_windows(self.labels, config, probabilities, starts_s, len(resampled) / config.sample_rate, name)
 
-    def _aggregate(
-        self, probabilities: np.ndarray, starts_s: Sequence[float], duration_s: float, name: str | None
-    ) -> Prediction:
-        labels = self.labels
-        mean = probabilities.mean(axis=0)
-        best = int(np.argmax(mean))
-        windows = tuple(
-            WindowPrediction(
-                start_s=round(float(start), 6),
-                end_s=round(float(min(start + self.feature_config.clip_s, duration_s)), 6),
-                label=labels[int(np.argmax(row))],
-                probabilities={label: float(p) for label, p in zip(labels, row)},
-            )
-            for start, row in zip(starts_s, probabilities)
+
+def aggregate_windows(
+    labels: Sequence[str],
+    config: FeatureConfig,
+    probabilities: np.ndarray,
+    starts_s: Sequence[float],
+    duration_s: float,
+    name: str | None = None,
+) -> Prediction:
+    """Clip prediction = mean of the window probabilities; windows kept as the timeline."""
+    mean = probabilities.mean(axis=0)
+    best = int(np.argmax(mean))
+    windows = tuple(
+        WindowPrediction(
+            start_s=round(float(start), 6),
+            end_s=round(float(min(start + config.clip_s, duration_s)), 6),
+            label=labels[int(np.argmax(row))],
+            probabilities={label: float(p) for label, p in zip(labels, row)},
         )
-        return Prediction(
-            label=labels[best],
-            confidence=float(mean[best]),
-            probabilities={label: float(p) for label, p in zip(labels, mean)},
-            windows=windows,
-            duration_s=duration_s,
-            path=name,
-        )
+        for start, row in zip(starts_s, probabilities)
+    )
+    return Prediction(
+        label=labels[best],
+        confidence=float(mean[best]),
+        probabilities={label: float(p) for label, p in zip(labels, mean)},
+        windows=windows,
+        duration_s=duration_s,
+        path=name,
+    )
