@@ -8,6 +8,7 @@ one-line messages and exit codes: 0 all good, 1 some input failed, 2 usage error
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -167,16 +168,18 @@ def _train_modules():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--actors", help="Restrict to these actors, e.g. 1,2,3,4 (for quick runs).")
+@click.option("--recipe", type=click.Choice(["default", "seed"]), default="default", show_default=True, help="Model/augmentation recipe (see train/pipeline.py RECIPES).")
+@click.option("--only-fold", type=click.IntRange(min=0), help="With --folds: train just this fold (run folds in parallel).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="torch threads (0 = all cores).")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="All train-time augmentation.")
 @click.option("--mixup", type=float, default=0.0, show_default=True, help="Mixup alpha (0 = off).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True, help="Feature cache folder.")
 @click.option("--strict", is_flag=True, help="Fail on any file that is not a readable RAVDESS speech clip.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, actors, augment, mixup, cache_dir, strict, quiet) -> None:
+def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, actors, recipe, only_fold, threads, augment, mixup, cache_dir, strict, quiet) -> None:
     """Train a ParallelModel on RAVDESS-named clips with an actor-wise split."""
     pipeline = _train_modules()
     from ser_edge.edge_runtime.features import FeatureConfig
-    from ser_edge.models.parallel import ModelConfig
     from ser_edge.train.augment import AugmentConfig
     from ser_edge.train.data import split_actors
     from ser_edge.train.trainer import TrainConfig
@@ -204,15 +207,24 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, 
         if missing:
             raise _fail(f"{data_dir}: no clips of actors {missing}", EXIT_USAGE)
         present = sorted(wanted)
+    model_config, augment_config, random_window = pipeline.RECIPES[recipe]
     kwargs = dict(
         feature_config=feature_config,
-        train_config=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device, early_stop_patience=patience),
-        model_config=ModelConfig(),
-        augment=AugmentConfig(mixup_alpha=mixup) if augment else AugmentConfig.off(),
+        train_config=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                                 early_stop_patience=patience, threads=threads, random_window=random_window),
+        model_config=model_config,
+        augment=dataclasses.replace(augment_config, mixup_alpha=mixup) if augment else AugmentConfig.off(),
         progress=not quiet,
     )
+    if only_fold is not None and not folds:
+        raise _fail("--only-fold needs --folds", EXIT_USAGE)
     if folds:
-        out = pipeline.cross_validate(prepared, folds, out_dir, seed=seed, actors=present, **kwargs)
+        if only_fold is not None and only_fold >= folds:
+            raise _fail(f"--only-fold {only_fold} is not below --folds {folds}", EXIT_USAGE)
+        out = pipeline.cross_validate(prepared, folds, out_dir, seed=seed, actors=present, only_fold=only_fold, **kwargs)
+        if out is None:
+            click.echo(f"fold {only_fold} done; the summary is written when every fold is done")
+            return
         for name, stat in out["summary"].items():
             click.echo(f"{name}: {stat['mean']:.3f} ± {stat['std']:.3f} over {folds} actor-wise folds")
         return

@@ -149,3 +149,29 @@ def test_ece_of_perfectly_calibrated_is_zero():
     probs = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert metrics.expected_calibration_error(probs, np.array([0, 1])) == 0.0
     assert metrics.expected_calibration_error(probs, np.array([1, 0])) == pytest.approx(1.0)
+
+
+def test_cross_validate_summary_and_single_folds(tmp_path, monkeypatch):
+    from ser_edge.train import pipeline
+    from ser_edge.train.data import Clip
+
+    clips = [Clip(f"a{a}.wav", 3, 1, 1, 1, 1, 1, a) for a in ACTORS]
+    prepared = pipeline.Prepared(FeatureSet(clips, None, None, np.arange(len(clips)), np.zeros(len(clips))), "h", [], "/d")
+    calls = []
+
+    def fake_train(prepared, split, run_dir, **kwargs):
+        calls.append(split)
+        acc = 0.5 + 0.1 * len(calls)
+        run_dir.mkdir(parents=True)
+        result = {"test": {"accuracy": acc, "macro_f1": acc, "uar": acc}, "best_epoch": 3}
+        (run_dir / "metrics.json").write_text(__import__("json").dumps(result))
+        return result
+
+    monkeypatch.setattr(pipeline, "train_split", fake_train)
+    assert pipeline.cross_validate(prepared, 5, tmp_path, seed=0, only_fold=1) is None
+    assert len(calls) == 1 and calls[0] == kfold_splits(ACTORS, 5, seed=0)[1]
+    out = pipeline.cross_validate(prepared, 5, tmp_path, seed=0)
+    accs = [f["test"]["accuracy"] for f in out["folds"]]
+    assert out["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    assert out["summary"]["accuracy"]["std"] == pytest.approx(np.std(accs))
+    assert (tmp_path / "cv_metrics.json").is_file()

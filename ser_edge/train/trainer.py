@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0  # 0 = all cores
+    random_window: bool = True  # draw one window per clip per epoch (False: always the first)
 
 
 def code_version() -> str:
@@ -189,7 +190,10 @@ class Trainer:
 
     def _train_epoch(self, model, optimizer, criterion, scaler, clip_windows, rng, gen, bar) -> tuple[float, float]:
         model.train()
-        picks = np.array([w[rng.integers(len(w))] for w in clip_windows])
+        if self.tc.random_window:
+            picks = np.array([w[rng.integers(len(w))] for w in clip_windows])
+        else:
+            picks = np.array([w[0] for w in clip_windows])
         picks = picks[rng.permutation(len(picks))]
         labels_all = self.fs.labels
         total_loss, correct, seen = 0.0, 0, 0
