@@ -100,16 +100,16 @@ def cross_validate(
     actors = actors if actors is not None else {c.actor for c in prepared.feature_set.clips}
     splits = kfold_splits(actors, folds, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for k, split in enumerate(splits):
+        if only_fold is None or k == only_fold:
+            log.info("fold %d/%d: test actors %s, val actors %s", k + 1, folds, split.test, split.val)
+            train_split(prepared, split, out_dir / f"fold_{k}", **kwargs)
     results = []
     for k, split in enumerate(splits):
-        fold_dir = out_dir / f"fold_{k}"
-        if only_fold is not None and k != only_fold:
-            if not (fold_dir / "metrics.json").is_file():
-                return None
-            metrics = json.loads((fold_dir / "metrics.json").read_text())
-        else:
-            log.info("fold %d/%d: test actors %s, val actors %s", k + 1, folds, split.test, split.val)
-            metrics = train_split(prepared, split, fold_dir, **kwargs)
+        metrics_path = out_dir / f"fold_{k}" / "metrics.json"
+        if not metrics_path.is_file():
+            return None
+        metrics = json.loads(metrics_path.read_text())
         results.append({"fold": k, "split": split.to_dict(), "test": metrics["test"], "best_epoch": metrics["best_epoch"]})
     summary = {
         name: {
