@@ -171,6 +171,7 @@ def test_cross_validate_summary_and_single_folds(tmp_path, monkeypatch):
     assert pipeline.cross_validate(prepared, 5, tmp_path, seed=0, only_fold=1) is None
     assert len(calls) == 1 and calls[0] == kfold_splits(ACTORS, 5, seed=0)[1]
     out = pipeline.cross_validate(prepared, 5, tmp_path, seed=0)
+    assert len(calls) == 5  # fold 1 was finished: not trained again
     accs = [f["test"]["accuracy"] for f in out["folds"]]
     assert out["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
     assert out["summary"]["accuracy"]["std"] == pytest.approx(np.std(accs))

@@ -101,7 +101,8 @@ def cross_validate(
     splits = kfold_splits(actors, folds, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     for k, split in enumerate(splits):
-        if only_fold is None or k == only_fold:
+        done = (out_dir / f"fold_{k}" / "metrics.json").is_file()
+        if (only_fold is None or k == only_fold) and not done:
             log.info("fold %d/%d: test actors %s, val actors %s", k + 1, folds, split.test, split.val)
             train_split(prepared, split, out_dir / f"fold_{k}", **kwargs)
     results = []
