@@ -264,7 +264,10 @@ def _run_data_dir(run_dir: str | None, data_dir: str | None) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True)
-def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir) -> None:
+@click.option("--snr", help="With --model: also accuracy under white and babble noise at these SNRs (dB), e.g. 20,10,5,0.")
+@click.option("--bandwidth", default="16000,8000", show_default=True, help="With --snr: band-limited input rates to test.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="With --snr: write the robustness plot (PNG) here.")
+def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir, snr, bandwidth, plot_path) -> None:
     """Classification report on held-out actors, for a run or an ONNX model."""
     _train_modules()
     from ser_edge.train.evaluate import evaluate_onnx, evaluate_run
@@ -288,8 +291,37 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
     for message in result.skipped:
         click.echo(f"skipped: {message}", err=True)
     click.echo(result.report(), nl=False)
+    summary = result.summary
+    if snr:
+        if not model_path:
+            raise _fail("--snr needs --model (robustness is measured through the edge runtime)", EXIT_USAGE)
+        summary["robustness"] = _robustness(model_path, data, chosen, threads, snr, bandwidth, plot_path)
     if json_out:
-        Path(json_out).write_text(json.dumps(result.summary, indent=2))
+        Path(json_out).write_text(json.dumps(summary, indent=2))
+
+
+def _robustness(model_path, data, actors, threads, snr, bandwidth, plot_path) -> dict[str, float]:
+    from ser_edge.train import robustness
+    from ser_edge.train.data import scan_dataset
+    from ser_edge.train.evaluate import evaluate_onnx
+
+    try:
+        snrs = [float(x) for x in snr.split(",")]
+        rates = [int(x) for x in bandwidth.split(",") if x]
+    except ValueError:
+        raise _fail(f"--snr and --bandwidth take comma-separated numbers, got {snr!r} and {bandwidth!r}", EXIT_USAGE) from None
+    # Babble comes from clips of actors outside the evaluated set (other speakers).
+    evaluated = set(actors or [])
+    pool = [c.path for c in scan_dataset(data).clips if c.actor not in evaluated] if evaluated else []
+    results = {}
+    click.echo(f"\n{'condition':<24} accuracy")
+    for condition in robustness.conditions(snrs, rates, pool):
+        accuracy = evaluate_onnx(model_path, data, actors, threads=threads, transform=condition.transform).summary["accuracy"]
+        results[condition.name] = accuracy
+        click.echo(f"{condition.name:<24} {accuracy:.3f}")
+    if plot_path:
+        robustness.plot(results, snrs, plot_path)
+    return results
 
 
 @main.command()

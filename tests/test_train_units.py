@@ -176,3 +176,30 @@ def test_cross_validate_summary_and_single_folds(tmp_path, monkeypatch):
     assert out["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
     assert out["summary"]["accuracy"]["std"] == pytest.approx(np.std(accs))
     assert (tmp_path / "cv_metrics.json").is_file()
+
+
+def test_synthetic_rir_decays_at_rt60():
+    from ser_edge.train.augment import RIR_DECAY_DB, synthetic_rir
+
+    rir = synthetic_rir(0.5, 16_000, np.random.default_rng(0))
+    assert len(rir) == 8000 and np.sum(rir**2) == pytest.approx(1.0, rel=1e-4)
+    early, late = np.sqrt(np.mean(rir[100:900] ** 2)), np.sqrt(np.mean(rir[7000:8000] ** 2))
+    assert 20 * np.log10(early / late) == pytest.approx(RIR_DECAY_DB * (7500 - 500) / 8000, abs=6)
+
+
+def test_waveform_augmentations_change_only_chosen_rows():
+    from ser_edge.train.augment import waveform_log_mel
+
+    config = FeatureConfig()
+    rng = np.random.default_rng(0)
+    waves = np.stack([np.sin(np.arange(config.n_samples) * 0.05 * (i + 1)).astype(np.float32) for i in range(6)])
+    aug = AugmentConfig(noise_prob=0.5, reverb_prob=0.5, bandlimit_prob=0.5)
+    chosen, feats = waveform_log_mel(waves, config, aug, rng)
+    assert 0 < len(chosen) <= 6 and feats.shape == (len(chosen), config.n_mels, config.n_frames)
+    none, empty = waveform_log_mel(waves, config, AugmentConfig.off(), rng)
+    assert len(none) == 0 and empty.shape[0] == 0
+    narrow = waveform_log_mel(waves[:1], config, AugmentConfig(noise_prob=0, bandlimit_prob=1.0, bandlimit_rates=(8000,)), rng)[1][0]
+    from ser_edge.edge_runtime.features import mel_filterbank
+
+    top_band = int(np.argmax(mel_filterbank(config)[:, int(5000 * config.n_fft / config.sample_rate)]))
+    assert narrow[top_band:, 8:-8].max() <= -config.top_db + 1  # nothing above 4 kHz (edges: filter transient)

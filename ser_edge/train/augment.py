@@ -2,6 +2,10 @@
 
 * AWGN: white Gaussian noise added to the waveform at a random SNR, then the edge
   front-end recomputes the log-mel (the same function as inference).
+* Reverberation (optional, off by default): the waveform convolved with a synthetic room
+  impulse response (exponentially decaying noise, random RT60).
+* Band-limiting (optional, off by default): the waveform downsampled to 8 or 16 kHz and
+  back, as a phone line or a cheap microphone delivers it.
 * Frequency warp: the log-mel's mel axis is stretched by a random factor, a cheap stand-in
   for vocal-tract-length perturbation (it simulates speakers the training set lacks).
 * SpecAugment: frequency and time masks on the standardised log-mel (masked to 0, the
@@ -30,15 +34,24 @@ class AugmentConfig:
     time_masks: int = 2
     time_mask_frames: int = 40
     mixup_alpha: float = 0.0  # 0 disables mixup
+    reverb_prob: float = 0.0
+    reverb_rt60_s: tuple[float, float] = (0.2, 0.8)
+    bandlimit_prob: float = 0.0
+    bandlimit_rates: tuple[int, ...] = (8_000, 16_000)
 
     @classmethod
     def off(cls) -> "AugmentConfig":
-        return cls(noise_prob=0.0, warp_prob=0.0, freq_masks=0, time_masks=0, mixup_alpha=0.0)
+        return cls(noise_prob=0.0, warp_prob=0.0, freq_masks=0, time_masks=0, mixup_alpha=0.0,
+                   reverb_prob=0.0, bandlimit_prob=0.0)
+
+    @property
+    def touches_waveform(self) -> bool:
+        return self.noise_prob > 0 or self.reverb_prob > 0 or self.bandlimit_prob > 0
 
     @classmethod
     def from_dict(cls, values: dict) -> "AugmentConfig":
         values = dict(values)
-        for key in ("noise_snr_db", "warp_range"):
+        for key in ("noise_snr_db", "warp_range", "reverb_rt60_s", "bandlimit_rates"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -52,15 +65,55 @@ def add_noise(waves: np.ndarray, snr_db: np.ndarray, rng: np.random.Generator) -
     return waves + noise
 
 
-def noisy_log_mel(
+RIR_DECAY_DB = 60.0  # RT60: time for the impulse response to decay by 60 dB
+
+
+def synthetic_rir(rt60_s: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Exponentially decaying Gaussian noise with a direct-path impulse: a cheap room."""
+    n = max(2, int(rt60_s * sample_rate))
+    t = np.arange(n) / sample_rate
+    rir = rng.standard_normal(n) * 10.0 ** (-RIR_DECAY_DB / 20.0 * t / rt60_s)
+    rir[0] = 1.0
+    return (rir / np.sqrt(np.sum(rir**2))).astype(np.float32)
+
+
+def reverberate(wave: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    n = len(wave) + len(rir) - 1
+    size = 1 << (n - 1).bit_length()
+    wet = np.fft.irfft(np.fft.rfft(wave, size) * np.fft.rfft(rir, size), size)[: len(wave)]
+    return wet.astype(np.float32)
+
+
+def band_limit(wave: np.ndarray, rate: int, narrow_rate: int) -> np.ndarray:
+    from ser_edge.edge_runtime.audio import RESAMPLE_KAISER_BETA
+    from ser_edge.edge_runtime.resample import resample_poly
+
+    narrow = resample_poly(wave, narrow_rate, rate, RESAMPLE_KAISER_BETA)
+    return resample_poly(narrow, rate, narrow_rate, RESAMPLE_KAISER_BETA)[: len(wave)]
+
+
+def waveform_log_mel(
     waves: np.ndarray, config: FeatureConfig, aug: AugmentConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pick rows for AWGN; return (their indices, their recomputed log-mel)."""
-    chosen = np.flatnonzero(rng.random(len(waves)) < aug.noise_prob)
+    """Reverb / band-limit / AWGN on some rows' waveforms; return (row indices, new log-mel)."""
+    n = len(waves)
+    reverb = rng.random(n) < aug.reverb_prob
+    narrow = rng.random(n) < aug.bandlimit_prob
+    noise = rng.random(n) < aug.noise_prob
+    chosen = np.flatnonzero(reverb | narrow | noise)
     if len(chosen) == 0:
         return chosen, np.empty((0, config.n_mels, config.n_frames), np.float32)
-    snr = rng.uniform(*aug.noise_snr_db, size=len(chosen))
-    return chosen, log_mel(add_noise(np.asarray(waves[chosen], np.float32), snr, rng), config)
+    out = np.array(waves[chosen], dtype=np.float32)
+    for i, row in enumerate(chosen):
+        if reverb[row]:
+            out[i] = reverberate(out[i], synthetic_rir(rng.uniform(*aug.reverb_rt60_s), config.sample_rate, rng))
+        if narrow[row]:
+            out[i] = band_limit(out[i], config.sample_rate, int(rng.choice(aug.bandlimit_rates)))
+    noisy = noise[chosen]
+    if noisy.any():
+        snr = rng.uniform(*aug.noise_snr_db, size=int(noisy.sum()))
+        out[noisy] = add_noise(out[noisy], snr, rng)
+    return chosen, log_mel(out, config)
 
 
 def freq_warp(features: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

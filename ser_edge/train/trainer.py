@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig, ParallelModel
 from ser_edge.train import metrics
-from ser_edge.train.augment import AugmentConfig, freq_warp, noisy_log_mel, spec_augment
+from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, waveform_log_mel
 from ser_edge.train.data import LABELS, FeatureSet, Split
 from ser_edge.train.scaler import Scaler
 
@@ -178,9 +178,9 @@ class Trainer:
 
     def _batch(self, rows: np.ndarray, scaler: Scaler, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
         feats = np.array(self.fs.features[rows], dtype=np.float32)
-        if self.aug.noise_prob > 0:
-            chosen, noisy = noisy_log_mel(self.fs.waveforms[rows], self.fc, self.aug, rng)
-            feats[chosen] = noisy
+        if self.aug.touches_waveform:
+            chosen, augmented = waveform_log_mel(self.fs.waveforms[rows], self.fc, self.aug, rng)
+            feats[chosen] = augmented
         if self.aug.warp_prob > 0:
             feats = freq_warp(feats, self.aug, rng)
         x = torch.from_numpy(scaler.transform(feats)[:, None])
