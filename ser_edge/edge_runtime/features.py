@@ -112,28 +112,26 @@ class FeatureConfig:
         return cls.from_dict(values)
 
 
+# Slaney mel scale (Auditory Toolbox): linear below 1 kHz, logarithmic above.
+SLANEY_HZ_PER_MEL = 200.0 / 3  # Hz per mel in the linear part
+SLANEY_MIN_LOG_HZ = 1000.0  # where the log part starts
+SLANEY_MIN_LOG_MEL = SLANEY_MIN_LOG_HZ / SLANEY_HZ_PER_MEL
+SLANEY_LOGSTEP = np.log(6.4) / 27.0  # log-Hz per mel above 1 kHz
+
+
 def _hz_to_mel(freq_hz: np.ndarray) -> np.ndarray:
-    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
     freq_hz = np.asarray(freq_hz, dtype=np.float64)
-    mel = freq_hz / f_sp
-    above = freq_hz >= min_log_hz
-    mel[above] = min_log_mel + np.log(freq_hz[above] / min_log_hz) / logstep
+    mel = freq_hz / SLANEY_HZ_PER_MEL
+    above = freq_hz >= SLANEY_MIN_LOG_HZ
+    mel[above] = SLANEY_MIN_LOG_MEL + np.log(freq_hz[above] / SLANEY_MIN_LOG_HZ) / SLANEY_LOGSTEP
     return mel
 
 
 def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
     mel = np.asarray(mel, dtype=np.float64)
-    freq_hz = mel * f_sp
-    above = mel >= min_log_mel
-    freq_hz[above] = min_log_hz * np.exp(logstep * (mel[above] - min_log_mel))
+    freq_hz = mel * SLANEY_HZ_PER_MEL
+    above = mel >= SLANEY_MIN_LOG_MEL
+    freq_hz[above] = SLANEY_MIN_LOG_HZ * np.exp(SLANEY_LOGSTEP * (mel[above] - SLANEY_MIN_LOG_MEL))
     return freq_hz
 
 

@@ -1,0 +1,53 @@
+"""The model shipped in the package: loads by default, classifies the example clip, and
+reproduces its documented test-actor accuracy through the edge runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ser_edge.edge_runtime import EmotionClassifier, FeatureConfig, default_model_path
+
+from conftest import DATA_DIR, LABELS, REPO, needs_data
+
+PROVENANCE = Path(default_model_path()).with_suffix(".json")
+INT8 = Path(default_model_path()).with_name("ser_edge_default.int8.onnx")
+
+
+def documented() -> dict:
+    return json.loads(PROVENANCE.read_text())
+
+
+def test_default_model_loads_with_its_contract():
+    clf = EmotionClassifier()
+    assert clf.labels == tuple(LABELS)
+    assert clf.feature_config == FeatureConfig()
+    provenance = json.loads(clf.metadata["provenance"])
+    assert set(provenance["split_actors"]) == {"train", "val", "test"}
+    assert provenance["data_hash"] == documented()["data_hash"]
+    assert Path(default_model_path()).stat().st_size < 5_000_000
+
+
+def test_example_clip_gets_a_real_prediction():
+    pred = EmotionClassifier().predict_file(REPO / "examples" / "hello.wav")
+    assert pred.label in LABELS and 1 / len(LABELS) < pred.confidence <= 1
+    assert abs(sum(pred.probabilities.values()) - 1) < 1e-4
+
+
+@needs_data
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_documented_test_actor_accuracy(variant):
+    from ser_edge.train.evaluate import evaluate_onnx
+
+    doc = documented()
+    if variant not in doc["shipped"]:
+        pytest.skip(f"no {variant} model shipped (see {PROVENANCE.name})")
+    path = default_model_path() if variant == "fp32" else str(INT8)
+    result = evaluate_onnx(path, DATA_DIR, doc["split"]["test"]).summary
+    expected = doc["test_edge_runtime"][variant]["summary"]
+    assert result["n"] == expected["n"]
+    assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
+    card = (REPO / "MODEL_CARD.md").read_text()
+    assert f"{100 * expected['accuracy']:.1f}%" in card
