@@ -10,6 +10,7 @@ an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,13 +23,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="fp32 ONNX model (default: the shipped one)")
     parser.add_argument("--int8-model", help="int8 ONNX model (default: the shipped one, if any)")
+    parser.add_argument("--threads", default="1,2", help="onnxruntime/torch thread counts to measure")
+    parser.add_argument("--repeats", type=int, default=200, help="timed repetitions per measurement")
     parser.add_argument("--quick", action="store_true", help="few repetitions: checks the code, not the numbers")
     parser.add_argument("--out", default=str(HERE / "results" / "latest"), help="output path without extension")
     args = parser.parse_args()
-    config = BenchConfig(model=args.model, int8_model=args.int8_model or _shipped_int8())
+    threads = tuple(int(t) for t in args.threads.split(","))
+    config = BenchConfig(model=args.model, int8_model=args.int8_model or _shipped_int8(), threads=threads,
+                         repeats=args.repeats, warmup=max(1, args.repeats // 10))
     if args.quick:
-        config = BenchConfig(model=args.model, int8_model=config.int8_model, repeats=5, warmup=1,
-                             directory_clips=3, subprocess_runs=1)
+        config = dataclasses.replace(config, repeats=5, warmup=1, directory_clips=3, subprocess_runs=1)
     results = run(config)
     targets = json.loads((HERE / "targets.json").read_text())
     out = Path(args.out)

@@ -353,8 +353,10 @@ def export(run_dir, out_path, data_dir, quantize, no_calibrate, cache_dir) -> No
     click.echo(f"test actors: accuracy {tm['accuracy']:.3f}, macro-F1 {tm['macro_f1']:.3f}, UAR {tm['uar']:.3f} ({tm['n']} clips)")
     if report.int8:
         chosen = report.int8["candidates"][report.int8["chosen"]]
-        verdict = "ships" if report.int8["passes_bar"] else "does NOT pass the 1-point bar"
-        click.echo(f"int8 ({report.int8['chosen']}): {report.int8['path']}, accuracy change {chosen['delta_points']:+.1f} points, {verdict}")
+        verdict = ("passes the 1-point bar" if report.int8["passes_bar"] else "does NOT pass the 1-point bar") + (
+            f"; {chosen['latency_ms']:.2f} ms vs fp32 {report.int8['fp32_latency_ms']:.2f} ms per window")
+        click.echo(f"int8 ({report.int8['chosen']}, chosen on validation actors and speed): {report.int8['path']}, "
+                   f"test accuracy change {chosen['test_delta_points']:+.1f} points, {verdict}")
 
 
 @main.command()
