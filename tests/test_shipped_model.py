@@ -36,14 +36,17 @@ def test_example_clip_gets_a_real_prediction():
     assert abs(sum(pred.probabilities.values()) - 1) < 1e-4
 
 
+def test_shipped_variants_match_the_files():
+    assert documented()["shipped"][0] == "fp32"
+    assert INT8.is_file() == ("int8" in documented()["shipped"])
+
+
 @needs_data
-@pytest.mark.parametrize("variant", ["fp32", "int8"])
+@pytest.mark.parametrize("variant", json.loads(PROVENANCE.read_text())["shipped"])
 def test_documented_test_actor_accuracy(variant):
     from ser_edge.train.evaluate import evaluate_onnx
 
     doc = documented()
-    if variant not in doc["shipped"]:
-        pytest.skip(f"no {variant} model shipped (see {PROVENANCE.name})")
     path = default_model_path() if variant == "fp32" else str(INT8)
     result = evaluate_onnx(path, DATA_DIR, doc["split"]["test"]).summary
     expected = doc["test_edge_runtime"][variant]["summary"]
