@@ -172,11 +172,14 @@ def _train_modules():
 @click.option("--only-fold", type=click.IntRange(min=0), help="With --folds: train just this fold (run folds in parallel).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="torch threads (0 = all cores).")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="All train-time augmentation.")
-@click.option("--mixup", type=float, default=0.0, show_default=True, help="Mixup alpha (0 = off).")
+@click.option("--mixup", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Mixup alpha (0 = off).")
+@click.option("--reverb", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Probability of synthetic-room reverberation per training window.")
+@click.option("--bandlimit", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Probability of 8/16 kHz band-limiting per training window.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True, help="Feature cache folder.")
 @click.option("--strict", is_flag=True, help="Fail on any file that is not a readable RAVDESS speech clip.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, actors, recipe, only_fold, threads, augment, mixup, cache_dir, strict, quiet) -> None:
+def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, actors, recipe, only_fold, threads, augment,
+          mixup, reverb, bandlimit, cache_dir, strict, quiet) -> None:
     """Train a ParallelModel on RAVDESS-named clips with an actor-wise split."""
     pipeline = _train_modules()
     from ser_edge.edge_runtime.features import FeatureConfig
@@ -213,7 +216,8 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, 
         train_config=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
                                  early_stop_patience=patience, threads=threads, random_window=random_window),
         model_config=model_config,
-        augment=dataclasses.replace(augment_config, mixup_alpha=mixup) if augment else AugmentConfig.off(),
+        augment=dataclasses.replace(augment_config, mixup_alpha=mixup, reverb_prob=reverb, bandlimit_prob=bandlimit)
+        if augment else AugmentConfig.off(),
         progress=not quiet,
     )
     if only_fold is not None and not folds:
