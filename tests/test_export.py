@@ -74,7 +74,7 @@ def test_single_file_checker_and_metadata(exported):
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["labels"]) == LABELS
     assert FeatureConfig.from_json(meta["feature_config"]) == SMALL_FEATURES
-    assert meta["opset"] == "17" and meta["model_name"] == "small-test" and "export_date" in meta
+    assert meta["opset"] == "18" and meta["model_name"] == "small-test" and "export_date" in meta
     assert json.loads(meta["provenance"])["split_actors"]["test"] == [1]
 
 
