@@ -125,3 +125,20 @@ def test_stdin_garbage(tiny_model):
     result = run("classify", "-", "--model", tiny_model, input=b"\x00\x01garbage" * 10)
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: -: not a supported audio file (WAV or FLAC)"
+
+
+def test_training_commands_fail_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["train", str(tmp_path / "missing")], 1, "data folder does not exist"),
+        (["train", str(tmp_path / "empty")], 1, "no RAVDESS speech clips"),
+        (["train", str(tmp_path / "empty"), "--only-fold", "1"], 1, "no RAVDESS speech clips"),
+        (["evaluate"], 2, "give either RUN_DIR or --model"),
+        (["evaluate", str(tmp_path / "empty")], 2, "not a run folder"),
+        (["export", str(tmp_path / "empty"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path)], 1, "run folder has no config.json"),
+    ]
+    for args, code, message in cases:
+        result = run(*args)
+        assert result.exit_code == code, (args, result.output)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert "Traceback" not in result.output

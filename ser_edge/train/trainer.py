@@ -321,15 +321,13 @@ class Trainer:
             **results,
         }
         (self.run_dir / "metrics.json").write_text(json.dumps(out, indent=2))
+        from ser_edge.train.plots import plot_confusion, plot_curves
+
         if "test" in results:
             report = _report_text(self.fs, self.rows["test"], model, scaler, self.tc.device, self.split.test)
             (self.run_dir / "report.txt").write_text(report)
-            from ser_edge.train.plots import plot_confusion, plot_curves
-
             plot_confusion(np.array(results["test"]["confusion"]), LABELS, self.run_dir / "confusion.png",
                            title=f"test actors {list(self.split.test)}")
-        from ser_edge.train.plots import plot_curves
-
         plot_curves(state["history"], self.run_dir / "curves.png")
         return out
 
