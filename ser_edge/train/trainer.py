@@ -220,9 +220,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
         return total_loss / seen, correct / seen
 
-    def evaluate(self, model, scaler: Scaler, name: str) -> dict[str, Any]:
+    def _clip_predictions(self, model, scaler: Scaler, name: str) -> tuple[np.ndarray, np.ndarray]:
         rows = self.rows[name]
-        probs, labels = clip_level(self.fs, rows, predict_windows(model, self.fs.features, rows, scaler, self.tc.device))
+        return clip_level(self.fs, rows, predict_windows(model, self.fs.features, rows, scaler, self.tc.device))
+
+    def evaluate(self, model, scaler: Scaler, name: str, predictions=None) -> dict[str, Any]:
+        probs, labels = predictions if predictions is not None else self._clip_predictions(model, scaler, name)
         result = metrics.summary(labels, probs.argmax(1), LABELS)
         result["loss"] = _nll(probs, labels)
         result["actors"] = list(getattr(self.split, name))
@@ -313,7 +316,8 @@ class Trainer:
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         model = load_model(self.run_dir, self.fc, self.tc.device)
         scaler = Scaler.load(self.run_dir / "scaler.npz")
-        results = {name: self.evaluate(model, scaler, name) for name in ("val", "test") if len(self.rows[name])}
+        predictions = {name: self._clip_predictions(model, scaler, name) for name in ("val", "test") if len(self.rows[name])}
+        results = {name: self.evaluate(model, scaler, name, pred) for name, pred in predictions.items()}
         out = {
             "best_epoch": state["best_epoch"],
             "epochs_run": state["epoch"],
@@ -324,17 +328,15 @@ class Trainer:
         from ser_edge.train.plots import plot_confusion, plot_curves
 
         if "test" in results:
-            report = _report_text(self.fs, self.rows["test"], model, scaler, self.tc.device, self.split.test)
-            (self.run_dir / "report.txt").write_text(report)
+            probs, labels = predictions["test"]
+            report = metrics.classification_report(labels, probs.argmax(1), LABELS)
+            (self.run_dir / "report.txt").write_text(
+                f"test actors {list(self.split.test)} ({len(labels)} clips)\n\n{report}"
+            )
             plot_confusion(np.array(results["test"]["confusion"]), LABELS, self.run_dir / "confusion.png",
                            title=f"test actors {list(self.split.test)}")
         plot_curves(state["history"], self.run_dir / "curves.png")
         return out
-
-
-def _report_text(fs: FeatureSet, rows: np.ndarray, model, scaler: Scaler, device: str, actors) -> str:
-    probs, labels = clip_level(fs, rows, predict_windows(model, fs.features, rows, scaler, device))
-    return f"test actors {list(actors)} ({len(labels)} clips)\n\n" + metrics.classification_report(labels, probs.argmax(1), LABELS)
 
 
 def load_model(run_dir: str | os.PathLike, feature_config: FeatureConfig, device: str = "cpu") -> ParallelModel:
