@@ -188,9 +188,7 @@ def fit_temperature(window_logits: np.ndarray, window_clip: np.ndarray, labels: 
     n_clips = len(labels)
     best, best_nll = 1.0, np.inf
     for temperature in TEMPERATURE_GRID:
-        z = window_logits / temperature
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        probs = clip_probabilities(z / z.sum(axis=1, keepdims=True), window_clip, n_clips)
+        probs = clip_probabilities(_softmax(window_logits, temperature), window_clip, n_clips)
         nll = -np.mean(np.log(np.clip(probs[np.arange(n_clips), labels], 1e-12, 1.0)))
         if nll < best_nll:
             best, best_nll = float(temperature), nll
