@@ -307,7 +307,7 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
 def _robustness(model_path, data, actors, threads, snr, bandwidth, plot_path) -> dict[str, float]:
     from ser_edge.train import robustness
     from ser_edge.train.data import scan_dataset
-    from ser_edge.train.evaluate import evaluate_onnx
+    from ser_edge.train.evaluate import evaluate_conditions
 
     try:
         snrs = [float(x) for x in snr.split(",")]
@@ -317,12 +317,12 @@ def _robustness(model_path, data, actors, threads, snr, bandwidth, plot_path) ->
     # Babble comes from clips of actors outside the evaluated set (other speakers).
     evaluated = set(actors or [])
     pool = [c.path for c in scan_dataset(data).clips if c.actor not in evaluated] if evaluated else []
-    results = {}
+    conditions = {c.name: c.transform for c in robustness.conditions(snrs, rates, pool)}
+    evaluations = evaluate_conditions(model_path, data, actors, conditions, threads=threads)
+    results = {name: evaluation.summary["accuracy"] for name, evaluation in evaluations.items()}
     click.echo(f"\n{'condition':<24} accuracy")
-    for condition in robustness.conditions(snrs, rates, pool):
-        accuracy = evaluate_onnx(model_path, data, actors, threads=threads, transform=condition.transform).summary["accuracy"]
-        results[condition.name] = accuracy
-        click.echo(f"{condition.name:<24} {accuracy:.3f}")
+    for name, accuracy in results.items():
+        click.echo(f"{name:<24} {accuracy:.3f}")
     if plot_path:
         robustness.plot(results, snrs, plot_path)
     return results

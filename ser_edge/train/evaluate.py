@@ -10,13 +10,14 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from ser_edge.edge_runtime.errors import SerEdgeError
 from ser_edge.train import metrics
 from ser_edge.train.data import LABELS, Clip, DatasetError, scan_dataset
+from ser_edge.train.robustness import Transform
 
 
 @dataclasses.dataclass
@@ -57,32 +58,56 @@ def evaluate_onnx(
     actors: Iterable[int] | None,
     *,
     threads: int = 1,
-    transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    transform: Transform | None = None,
 ) -> Evaluation:
     """Evaluate an ONNX model through :class:`EmotionClassifier` on real files.
 
     ``transform(samples, sample_rate)`` optionally corrupts each decoded clip (noise,
     band-limiting) before it is classified.
     """
+    return evaluate_conditions(model_path, data_dir, actors, {"": transform}, threads=threads)[""]
+
+
+def evaluate_conditions(
+    model_path: str | os.PathLike | None,
+    data_dir: str | os.PathLike,
+    actors: Iterable[int] | None,
+    conditions: Mapping[str, Transform | None],
+    *,
+    threads: int = 1,
+) -> dict[str, Evaluation]:
+    """One :class:`Evaluation` per named condition; each clip is decoded once for all."""
     from ser_edge.edge_runtime import EmotionClassifier, load_audio
 
     classifier = EmotionClassifier(model_path, threads=threads)
     clips = select_clips(data_dir, actors)
     label_index = {label: i for i, label in enumerate(classifier.labels)}
-    y, probs, skipped = [], [], []
+    y: dict[str, list[int]] = {name: [] for name in conditions}
+    probs: dict[str, list[list[float]]] = {name: [] for name in conditions}
+    skipped: dict[str, list[str]] = {name: [] for name in conditions}
     for clip in clips:
         try:
             audio = load_audio(clip.path)
-            samples, rate = audio.samples, audio.sample_rate
-            if transform is not None:
-                samples, rate = transform(samples, rate)
-            prediction = classifier.predict(samples, rate, name=clip.path)
         except SerEdgeError as exc:
-            skipped.append(str(exc))
+            for name in conditions:
+                skipped[name].append(str(exc))
             continue
-        y.append(label_index[clip.label])
-        probs.append([prediction.probabilities[label] for label in classifier.labels])
-    return Evaluation(sorted({c.actor for c in clips}), classifier.labels, np.array(y), np.array(probs), skipped)
+        for name, transform in conditions.items():
+            samples, rate = audio.samples, audio.sample_rate
+            try:
+                if transform is not None:
+                    samples, rate = transform(samples, rate)
+                prediction = classifier.predict(samples, rate, name=clip.path)
+            except SerEdgeError as exc:
+                skipped[name].append(str(exc))
+                continue
+            y[name].append(label_index[clip.label])
+            probs[name].append([prediction.probabilities[label] for label in classifier.labels])
+    evaluated = sorted({c.actor for c in clips})
+    return {
+        name: Evaluation(evaluated, classifier.labels, np.array(y[name]), np.array(probs[name]), skipped[name])
+        for name in conditions
+    }
 
 
 def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, actors: Iterable[int] | None, *, cache_dir=None) -> Evaluation:

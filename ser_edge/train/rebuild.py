@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from ser_edge.export.exporter import export_run
     from ser_edge.train import robustness
     from ser_edge.train.data import scan_dataset
-    from ser_edge.train.evaluate import evaluate_onnx
+    from ser_edge.train.evaluate import evaluate_conditions, evaluate_onnx
 
     report = export_run(args.run_dir, fp32, data_dir=args.data, cache_dir=args.cache, quantize="int8",
                         model_name="ser-edge-default")
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         evaluations[kind] = {"summary": result.summary, "report": result.report()}
 
     pool = [c.path for c in scan_dataset(args.data).clips if c.actor not in set(test_actors)]
-    robust = {}
-    for condition in robustness.conditions(SNRS_DB, BANDWIDTHS, pool):
-        robust[condition.name] = evaluate_onnx(fp32, args.data, test_actors, transform=condition.transform).summary["accuracy"]
+    conditions = {c.name: c.transform for c in robustness.conditions(SNRS_DB, BANDWIDTHS, pool)}
+    robust = {name: ev.summary["accuracy"]
+              for name, ev in evaluate_conditions(fp32, args.data, test_actors, conditions).items()}
     robustness.plot(robust, SNRS_DB, str(out_dir / f"{DEFAULT_NAME}.robustness.png"))
 
     for kind, path in shipped.items():
