@@ -162,13 +162,13 @@ def _train_modules():
 @click.argument("data_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/default", show_default=True, help="Run folder.")
 @click.option("--folds", type=click.IntRange(min=0), default=0, help="Actor-wise K-fold cross-validation instead of one split.")
-@click.option("--epochs", type=click.IntRange(min=1), default=150, show_default=True)
-@click.option("--patience", type=click.IntRange(min=1), default=12, show_default=True, help="Early-stopping patience (epochs).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), help="Epoch cap  [default: the recipe's, 150]")
+@click.option("--patience", type=click.IntRange(min=1), help="Early-stopping patience in epochs  [default: the recipe's, 12]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="[default: the recipe's, 32]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--actors", help="Restrict to these actors, e.g. 1,2,3,4 (for quick runs).")
-@click.option("--recipe", type=click.Choice(["default", "seed"]), default="default", show_default=True, help="Model/augmentation recipe (see train/pipeline.py RECIPES).")
+@click.option("--recipe", type=click.Choice(["default", "seed", "fast", "fast-cmn"]), default="default", show_default=True, help="Model/augmentation recipe (see train/pipeline.py RECIPES).")
 @click.option("--only-fold", type=click.IntRange(min=0), help="With --folds: train just this fold (run folds in parallel).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="torch threads (0 = all cores).")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="All train-time augmentation.")
@@ -185,7 +185,6 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, 
     from ser_edge.edge_runtime.features import FeatureConfig
     from ser_edge.train.augment import AugmentConfig
     from ser_edge.train.data import split_actors
-    from ser_edge.train.trainer import TrainConfig
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if device.startswith("cuda"):
@@ -210,13 +209,16 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, 
         if missing:
             raise _fail(f"{data_dir}: no clips of actors {missing}", EXIT_USAGE)
         present = sorted(wanted)
-    model_config, augment_config, random_window = pipeline.RECIPES[recipe]
+    chosen = pipeline.RECIPES[recipe]
+    augment_config = chosen.augment
     kwargs = dict(
         feature_config=feature_config,
-        train_config=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
-                                 early_stop_patience=patience, threads=threads, random_window=random_window),
-        model_config=model_config,
-        augment=dataclasses.replace(augment_config, mixup_alpha=mixup, reverb_prob=reverb, bandlimit_prob=bandlimit)
+        train_config=chosen.train_config(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                                         early_stop_patience=patience, threads=threads),
+        model_config=chosen.model,
+        augment=dataclasses.replace(augment_config, mixup_alpha=mixup or augment_config.mixup_alpha,
+                                    reverb_prob=reverb or augment_config.reverb_prob,
+                                    bandlimit_prob=bandlimit or augment_config.bandlimit_prob)
         if augment else AugmentConfig.off(),
         progress=not quiet,
     )

@@ -203,3 +203,37 @@ def test_waveform_augmentations_change_only_chosen_rows():
 
     top_band = int(np.argmax(mel_filterbank(config)[:, int(5000 * config.n_fft / config.sample_rate)]))
     assert narrow[top_band:, 8:-8].max() <= -config.top_db + 1  # nothing above 4 kHz (edges: filter transient)
+
+
+def test_utterance_norm_ignores_a_fixed_spectral_envelope():
+    from ser_edge.models.parallel import ModelConfig, ParallelModel
+
+    torch.manual_seed(0)
+    model = ParallelModel(ModelConfig(utterance_norm=True)).eval()
+    x = torch.randn(2, 1, 128, 563)
+    envelope = torch.linspace(-3.0, 3.0, 128)[None, None, :, None]  # per mel band, constant in time
+    with torch.no_grad():
+        torch.testing.assert_close(model(x + envelope), model(x), atol=1e-4, rtol=1e-4)
+        plain = ParallelModel(ModelConfig(utterance_norm=False)).eval()
+        plain(x)  # materialise
+        assert not torch.allclose(plain(x + envelope), plain(x), atol=1e-2)
+
+
+def test_recipe_train_config_overrides():
+    from ser_edge.train import pipeline
+
+    fast = pipeline.RECIPES["fast"]
+    assert fast.train_config().lr == fast.train["lr"]
+    config = fast.train_config(epochs=7, lr=None, batch_size=None)
+    assert (config.epochs, config.lr, config.batch_size) == (7, fast.train["lr"], 32)
+
+
+def test_cli_offers_every_recipe():
+    import click
+
+    from ser_edge import cli
+    from ser_edge.train import pipeline
+
+    option = next(p for p in cli.train.params if p.name == "recipe")
+    assert isinstance(option.type, click.Choice)
+    assert sorted(option.type.choices) == sorted(pipeline.RECIPES)

@@ -40,6 +40,9 @@ class ModelConfig:
     n_layers: int = 4
     transformer_dropout: float = 0.4
     transformer_pool: tuple[int, int] = (2, 8)  # (freq, time): 128 mels -> d_model 64
+    # Per-utterance mean normalisation: subtract each mel band's mean over the window's
+    # frames before both branches (removes a fixed channel/speaker spectral envelope).
+    utterance_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.n_mels // self.transformer_pool[0] != self.d_model:
@@ -94,6 +97,8 @@ class ParallelModel(nn.Module):
         self.classifier = nn.LazyLinear(config.n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.utterance_norm:
+            x = x - x.mean(dim=-1, keepdim=True)
         conv = torch.flatten(self.conv(x), start_dim=1)
         seq = self.transformer_pool(x).squeeze(1).transpose(1, 2)  # (B, T', d_model)
         trans = self.transformer(seq).mean(dim=1)
