@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -30,10 +32,12 @@ SMALL_MODEL = ModelConfig(n_mels=32, conv_channels=(4, 8, 8), conv_pools=((2, 2)
                           n_heads=2, ff_dim=32, n_layers=2, transformer_pool=(2, 4))
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=["seed-head", "cmn-stats-head"])
+def exported(tmp_path_factory, request):
     torch.manual_seed(0)
-    model = build_model(SMALL_MODEL, SMALL_FEATURES, "cpu").eval()
+    config = SMALL_MODEL if request.param == "seed-head" else dataclasses.replace(
+        SMALL_MODEL, utterance_norm=True, conv_time_pool="stats")
+    model = build_model(config, SMALL_FEATURES, "cpu").eval()
     rng = np.random.default_rng(0)
     mean = rng.normal(-40, 5, (32, SMALL_FEATURES.n_frames)).astype(np.float32)
     scale = rng.uniform(5, 15, (32, SMALL_FEATURES.n_frames)).astype(np.float32)

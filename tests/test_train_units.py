@@ -237,3 +237,19 @@ def test_cli_offers_every_recipe():
     option = next(p for p in cli.train.params if p.name == "recipe")
     assert isinstance(option.type, click.Choice)
     assert sorted(option.type.choices) == sorted(pipeline.RECIPES)
+
+
+def test_stats_pooling_ignores_the_order_of_time_steps():
+    from ser_edge.models.parallel import ModelConfig, ParallelModel
+
+    conv = torch.randn(2, 64, 4, 17)
+    shuffled = conv[..., torch.randperm(17)]
+    stats = ParallelModel(ModelConfig(conv_time_pool="stats"))
+    torch.testing.assert_close(stats.pool_time(shuffled), stats.pool_time(conv))
+    assert stats.pool_time(conv).shape == (2, 2 * 64 * 4)
+    torch.testing.assert_close(stats.pool_time(conv)[:, : 64 * 4], conv.mean(-1).flatten(1))
+    torch.testing.assert_close(stats.pool_time(conv)[:, 64 * 4 :], conv.std(-1, correction=0).flatten(1), atol=1e-4, rtol=1e-4)
+    flatten = ParallelModel(ModelConfig())
+    assert not torch.allclose(flatten.pool_time(shuffled), flatten.pool_time(conv))
+    with pytest.raises(ValueError, match="conv_time_pool"):
+        ModelConfig(conv_time_pool="max")

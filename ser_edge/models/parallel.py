@@ -23,6 +23,10 @@ import torch
 from torch import nn
 
 
+CONV_TIME_POOLS = ("flatten", "stats")
+STD_EPS = 1e-5  # keeps the standard deviation's gradient finite on constant rows
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     n_classes: int = 8
@@ -43,8 +47,14 @@ class ModelConfig:
     # Per-utterance mean normalisation: subtract each mel band's mean over the window's
     # frames before both branches (removes a fixed channel/speaker spectral envelope).
     utterance_norm: bool = False
+    # How the CNN branch's (channels, freq, time) map becomes a vector: "flatten" (the
+    # seed: weights tied to time positions) or "stats" (mean and standard deviation over
+    # time per channel and frequency row: invariant to where in the window speech sits).
+    conv_time_pool: str = "flatten"
 
     def __post_init__(self) -> None:
+        if self.conv_time_pool not in CONV_TIME_POOLS:
+            raise ValueError(f"conv_time_pool must be one of {CONV_TIME_POOLS}, got {self.conv_time_pool!r}")
         if self.n_mels // self.transformer_pool[0] != self.d_model:
             raise ValueError(
                 f"n_mels {self.n_mels} / freq pool {self.transformer_pool[0]} must equal d_model {self.d_model}"
@@ -96,10 +106,18 @@ class ParallelModel(nn.Module):
         self.transformer = nn.TransformerEncoder(layer, num_layers=config.n_layers, enable_nested_tensor=False)
         self.classifier = nn.LazyLinear(config.n_classes)
 
+    def pool_time(self, conv: torch.Tensor) -> torch.Tensor:
+        """The CNN map ``(B, C, F, T)`` as a vector per example (see ``conv_time_pool``)."""
+        if self.config.conv_time_pool == "stats":
+            mean = conv.mean(dim=-1)
+            std = torch.sqrt(((conv - mean.unsqueeze(-1)) ** 2).mean(dim=-1) + STD_EPS)
+            conv = torch.cat([mean, std], dim=1)
+        return torch.flatten(conv, start_dim=1)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.utterance_norm:
             x = x - x.mean(dim=-1, keepdim=True)
-        conv = torch.flatten(self.conv(x), start_dim=1)
+        conv = self.pool_time(self.conv(x))
         seq = self.transformer_pool(x).squeeze(1).transpose(1, 2)  # (B, T', d_model)
         trans = self.transformer(seq).mean(dim=1)
         return torch.cat([conv, trans], dim=1)

@@ -63,6 +63,18 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": True, "lr": 1e-3},
         "fast + per-utterance mean normalisation",
     ),
+    "default-stats": Recipe(
+        ModelConfig(conv_time_pool="stats"),
+        AugmentConfig(),
+        {"random_window": True},
+        "default + mean/std over time in the CNN branch instead of flatten",
+    ),
+    "fast-cmn-stats": Recipe(
+        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True, conv_time_pool="stats"),
+        AugmentConfig(),
+        {"random_window": True, "lr": 1e-3},
+        "fast-cmn + mean/std over time in the CNN branch",
+    ),
 }
 
 
