@@ -173,13 +173,14 @@ def _train_modules():
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="torch threads (0 = all cores).")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="All train-time augmentation.")
 @click.option("--mixup", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Mixup alpha (0 = off).")
+@click.option("--speaker-adversarial", type=click.FloatRange(min=0), help="Gradient-reversal weight of a training-actor classifier (0 = off)  [default: the recipe's]")
 @click.option("--reverb", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Probability of synthetic-room reverberation per training window.")
 @click.option("--bandlimit", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Probability of 8/16 kHz band-limiting per training window.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True, help="Feature cache folder.")
 @click.option("--strict", is_flag=True, help="Fail on any file that is not a readable RAVDESS speech clip.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, actors, recipe, only_fold, threads, augment,
-          mixup, reverb, bandlimit, cache_dir, strict, quiet) -> None:
+          mixup, speaker_adversarial, reverb, bandlimit, cache_dir, strict, quiet) -> None:
     """Train a ParallelModel on RAVDESS-named clips with an actor-wise split."""
     pipeline = _train_modules()
     from ser_edge.edge_runtime.features import FeatureConfig
@@ -214,7 +215,8 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, 
     kwargs = dict(
         feature_config=feature_config,
         train_config=chosen.train_config(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
-                                         early_stop_patience=patience, threads=threads),
+                                         early_stop_patience=patience, threads=threads,
+                                         speaker_adversarial=speaker_adversarial),
         model_config=chosen.model,
         augment=dataclasses.replace(augment_config, mixup_alpha=mixup or augment_config.mixup_alpha,
                                     reverb_prob=reverb or augment_config.reverb_prob,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -253,3 +255,43 @@ def test_stats_pooling_ignores_the_order_of_time_steps():
     assert not torch.allclose(flatten.pool_time(shuffled), flatten.pool_time(conv))
     with pytest.raises(ValueError, match="conv_time_pool"):
         ModelConfig(conv_time_pool="max")
+
+
+def test_grad_reverse_flips_and_scales_the_gradient():
+    from ser_edge.train.adversary import grad_reverse
+
+    x = torch.randn(3, 5, requires_grad=True)
+    out = grad_reverse(x, 0.3)
+    torch.testing.assert_close(out, x)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, -0.3))
+
+
+def test_speaker_adversarial_mixup_training_runs_and_resumes(tmp_path):
+    import json
+
+    from ser_edge.models.parallel import ModelConfig
+    from ser_edge.train.data import Clip, Split
+    from ser_edge.train.trainer import CHECKPOINT, TrainConfig, Trainer
+
+    fc = FeatureConfig(sample_rate=16_000, n_fft=256, hop_length=128, n_mels=32, clip_s=1.0, f_max_hz=8_000.0)
+    mc = ModelConfig(n_mels=32, conv_channels=(4, 8, 8), conv_pools=((2, 2), (2, 2), (2, 2)), d_model=16,
+                     n_heads=2, ff_dim=32, n_layers=2, transformer_pool=(2, 4), utterance_norm=True, conv_time_pool="stats")
+    clips = [Clip(f"{a}-{e}.wav", 3, 1, e, 1, 1, 1, a) for a in (1, 2, 3, 4, 5) for e in range(1, 9)]
+    rng = np.random.default_rng(0)
+    features = rng.normal(-40, 10, (len(clips), 32, fc.n_frames)).astype(np.float32)
+    fs = FeatureSet(clips, features, None, np.arange(len(clips)), np.zeros(len(clips)))
+    split = Split(train=(1, 2, 3), val=(4,), test=(5,))
+    tc = TrainConfig(epochs=1, batch_size=8, speaker_adversarial=0.5, threads=1)
+    aug = dataclasses.replace(AugmentConfig.off(), mixup_alpha=0.4)
+    trainer = Trainer(tmp_path, fs, split, feature_config=fc, train_config=tc, model_config=mc, augment=aug)
+    assert sorted(set(trainer.actor_index[trainer.rows["train"]])) == [0, 1, 2]
+    assert set(trainer.actor_index[trainer.rows["val"]]) == {-1}
+    trainer.run()
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert saved["adversary"]["net.2.weight"].shape == (3, 128)
+    # Resume for a second epoch: the adversary's state is restored, training goes on.
+    Trainer(tmp_path, fs, split, feature_config=fc, train_config=dataclasses.replace(tc, epochs=2), model_config=mc,
+            augment=aug).run()
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 2
+

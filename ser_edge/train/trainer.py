@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig, ParallelModel
 from ser_edge.train import metrics
+from ser_edge.train.adversary import SpeakerAdversary
 from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, waveform_log_mel
 from ser_edge.train.data import LABELS, FeatureSet, Split
 from ser_edge.train.scaler import Scaler
@@ -49,6 +50,7 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 0  # 0 = all cores
     random_window: bool = True  # draw one window per clip per epoch (False: always the first)
+    speaker_adversarial: float = 0.0  # gradient-reversal weight of a training-actor classifier (0 = off)
 
 
 def code_version() -> str:
@@ -115,6 +117,13 @@ def clip_level(feature_set: FeatureSet, rows: np.ndarray, window_probs: np.ndarr
     return probs, labels
 
 
+def _mixed(criterion, logits: torch.Tensor, y: torch.Tensor, lam: float, perm) -> torch.Tensor:
+    """``criterion`` of mixup-mixed targets (plain when ``perm`` is None)."""
+    if perm is None:
+        return criterion(logits, y)
+    return lam * criterion(logits, y) + (1 - lam) * criterion(logits, y[perm])
+
+
 def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
 
@@ -148,6 +157,10 @@ class Trainer:
         for name, rows in self.rows.items():
             if len(rows) == 0 and name != "test":
                 raise ValueError(f"no clips for the {name} actors {getattr(split, name)}")
+        # Index of each window's actor among the training actors (-1 elsewhere): the
+        # speaker-adversarial head's target.
+        lookup = {actor: i for i, actor in enumerate(sorted(split.train))}
+        self.actor_index = np.array([lookup.get(a, -1) for a in feature_set.actors], dtype=np.int64)
 
     # -- setup ------------------------------------------------------------------------
 
@@ -188,7 +201,7 @@ class Trainer:
             x = spec_augment(x, self.aug, gen)
         return x.to(device=self.tc.device, memory_format=torch.channels_last)
 
-    def _train_epoch(self, model, optimizer, criterion, scaler, clip_windows, rng, gen, bar) -> tuple[float, float]:
+    def _train_epoch(self, model, optimizer, criterion, scaler, clip_windows, rng, gen, bar, adversary=None) -> tuple[float, float]:
         model.train()
         if self.tc.random_window:
             picks = np.array([w[rng.integers(len(w))] for w in clip_windows])
@@ -201,14 +214,17 @@ class Trainer:
             rows = picks[i : i + self.tc.batch_size]
             x = self._batch(rows, scaler, rng, gen)
             y = torch.from_numpy(labels_all[rows]).to(self.tc.device)
+            lam, perm = 1.0, None
             if self.aug.mixup_alpha > 0:
                 lam = float(rng.beta(self.aug.mixup_alpha, self.aug.mixup_alpha))
                 perm = torch.from_numpy(rng.permutation(len(rows)))
-                logits = model(lam * x + (1 - lam) * x[perm])
-                loss = lam * criterion(logits, y) + (1 - lam) * criterion(logits, y[perm])
-            else:
-                logits = model(x)
-                loss = criterion(logits, y)
+                x = lam * x + (1 - lam) * x[perm]
+            embedding = model.embed(x)
+            logits = model.classifier(embedding)
+            loss = _mixed(criterion, logits, y, lam, perm)
+            if adversary is not None:
+                speakers = torch.from_numpy(self.actor_index[rows]).to(self.tc.device)
+                loss = loss + _mixed(F.cross_entropy, adversary(embedding), speakers, lam, perm)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -245,7 +261,13 @@ class Trainer:
         train_labels = np.array([self.fs.clips[c].label_index for c in np.unique(self.fs.window_clip[self.rows["train"]])])
         weights = torch.from_numpy(class_weights(train_labels, len(LABELS))).to(self.tc.device)
         criterion = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=self.tc.label_smoothing)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        adversary = None
+        params = list(model.parameters())
+        if self.tc.speaker_adversarial > 0:
+            embed_dim = model.classifier.in_features
+            adversary = SpeakerAdversary(embed_dim, len(self.split.train), self.tc.speaker_adversarial).to(self.tc.device)
+            params += list(adversary.parameters())
+        optimizer = torch.optim.AdamW(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=self.tc.plateau_factor, patience=self.tc.plateau_patience
         )
@@ -257,6 +279,8 @@ class Trainer:
         if checkpoint.is_file():
             saved = torch.load(checkpoint, map_location=self.tc.device, weights_only=False)
             model.load_state_dict(saved["model"])
+            if adversary is not None:
+                adversary.load_state_dict(saved["adversary"])
             optimizer.load_state_dict(saved["optimizer"])
             plateau.load_state_dict(saved["plateau"])
             rng.bit_generator.state = saved["numpy_rng"]
@@ -271,7 +295,8 @@ class Trainer:
             epoch = state["epoch"] + 1
             bar = _progress(n_batches, f"epoch {epoch}/{self.tc.epochs}") if self.progress else None
             started = time.perf_counter()
-            train_loss, train_acc = self._train_epoch(model, optimizer, criterion, scaler, clip_windows, rng, gen, bar)
+            train_loss, train_acc = self._train_epoch(model, optimizer, criterion, scaler, clip_windows, rng, gen, bar,
+                                                      adversary)
             val = self.evaluate(model, scaler, "val")
             plateau.step(val["loss"])
             record = {
@@ -302,6 +327,7 @@ class Trainer:
             torch.save(
                 {
                     "model": model.state_dict(),
+                    "adversary": adversary.state_dict() if adversary is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "plateau": plateau.state_dict(),
                     "numpy_rng": rng.bit_generator.state,

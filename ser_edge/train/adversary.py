@@ -1,0 +1,40 @@
+"""Speaker-adversarial training: a speaker classifier behind a gradient-reversal layer.
+
+The adversary reads the ParallelModel's embedding and learns to name the training actor;
+the reversed gradient pushes the embedding to carry less speaker identity. It is used in
+training only: it is not part of the model's weights, so export never sees it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ADVERSARY_HIDDEN = 128
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.weight * grad, None
+
+
+def grad_reverse(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """Identity forward; the gradient is multiplied by ``-weight`` on the way back."""
+    return _GradReverse.apply(x, weight)
+
+
+class SpeakerAdversary(nn.Module):
+    def __init__(self, embed_dim: int, n_speakers: int, weight: float) -> None:
+        super().__init__()
+        self.weight = weight
+        self.net = nn.Sequential(nn.Linear(embed_dim, ADVERSARY_HIDDEN), nn.ReLU(), nn.Linear(ADVERSARY_HIDDEN, n_speakers))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Speaker logits; the gradient into ``embedding`` is reversed and scaled."""
+        return self.net(grad_reverse(embedding, self.weight))
