@@ -239,6 +239,7 @@ def test_cli_offers_every_recipe():
     option = next(p for p in cli.train.params if p.name == "recipe")
     assert isinstance(option.type, click.Choice)
     assert sorted(option.type.choices) == sorted(pipeline.RECIPES)
+    assert option.default == pipeline.SHIPPED_RECIPE  # `ser-edge train` trains what ships
 
 
 def test_stats_pooling_ignores_the_order_of_time_steps():

@@ -78,6 +78,10 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+# The recipe of the model that ships in ser_edge/models (rebuild.py trains it).
+SHIPPED_RECIPE = "default"
+
+
 @dataclasses.dataclass
 class Prepared:
     feature_set: FeatureSet

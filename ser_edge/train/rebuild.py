@@ -2,7 +2,7 @@
 
     python -m ser_edge.train.rebuild --data ../shared/data/ravdess-speech
 
-train (default recipe, seed 0, actor split 16/2/2) -> export (temperature on the
+train (the shipped recipe, seed 0, actor split 16/2/2) -> export (temperature on the
 validation actors, parity on the test actors, int8 variant) -> evaluate through the edge
 runtime on the test actors (clean, noisy, band-limited) -> write the models and
 ``ser_edge_default.json`` (provenance: data hash, split, metrics, code version, command)
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=".cache/ser-edge", help="feature cache")
     parser.add_argument("--out-dir", default=str(MODELS_DIR), help="where the shipped files go")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", default=None, help="training recipe (default: the shipped one, see pipeline.SHIPPED_RECIPE)")
     parser.add_argument("--skip-train", action="store_true", help="export an existing run folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -38,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from ser_edge.cli import main as cli
 
+    from ser_edge.train.pipeline import SHIPPED_RECIPE
+
     if not args.skip_train:
-        cli(["train", args.data, "--out", args.run_dir, "--seed", str(args.seed), "--cache", args.cache, "--quiet"],
-            standalone_mode=False)
+        cli(["train", args.data, "--out", args.run_dir, "--seed", str(args.seed), "--cache", args.cache, "--quiet",
+             "--recipe", args.recipe or SHIPPED_RECIPE], standalone_mode=False)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(args.run_dir) / "export"
