@@ -1,10 +1,12 @@
 """Print the ablation table (Markdown) from CV run folders.
 
-usage: python tools/ablation_table.py RUNS_DIR/cv-seed-e60 RUNS_DIR/cv-default-e60 ...
+usage: python tools/ablation_table.py [--fold K] RUNS_DIR/cv-seed-e60 RUNS_DIR/cv-default-e60 ...
 
 For each CV folder, each finished fold's validation and test accuracy (clip level) and
 the mean over the folds that every listed folder has finished (same folds, same seeds).
-Nothing here is chosen: the table lists what ``metrics.json`` of each fold says.
+With ``--fold K``: one row per folder for fold K alone, with the validation loss, UAR and
+the test macro-F1 and UAR. Nothing here is chosen: the table lists what each fold's
+``metrics.json`` says.
 """
 
 from __future__ import annotations
@@ -21,16 +23,33 @@ def fold_metrics(cv_dir: Path) -> dict[int, dict]:
         metrics = json.loads(path.read_text())
         config = json.loads((path.parent / "config.json").read_text())
         out[k] = {"val": metrics["val"]["accuracy"], "test": metrics["test"]["accuracy"],
+                  "val_loss": metrics["val"]["loss"], "val_uar": metrics["val"]["uar"],
                   "f1": metrics["test"]["macro_f1"], "uar": metrics["test"]["uar"],
                   "best": metrics["best_epoch"], "run": metrics["epochs_run"], "split": config["split"]}
     return out
 
 
+def one_fold(runs: dict[str, dict[int, dict]], k: int) -> None:
+    print(f"| run (fold {k}) | val acc | val loss | val UAR | test acc | test macro-F1 | test UAR | best / epochs run |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, res in runs.items():
+        if k in res:
+            r = res[k]
+            print(f"| {name} | {100 * r['val']:.1f}% | {r['val_loss']:.3f} | {r['val_uar']:.3f} | {100 * r['test']:.1f}% "
+                  f"| {r['f1']:.3f} | {r['uar']:.3f} | {r['best']} / {r['run']} |")
+
+
 def main(argv: list[str]) -> int:
+    fold = None
+    if argv[:1] == ["--fold"] and len(argv) > 1:
+        fold, argv = int(argv[1]), argv[2:]
     if not argv:
         print(__doc__.strip(), file=sys.stderr)
         return 2
     runs = {Path(a).name: fold_metrics(Path(a)) for a in argv}
+    if fold is not None:
+        one_fold(runs, fold)
+        return 0
     common = sorted(set.intersection(*(set(r) for r in runs.values())))
     folds = sorted(set().union(*(set(r) for r in runs.values())))
     head = " | ".join(f"fold {k} val / test" for k in folds)
