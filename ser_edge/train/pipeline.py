@@ -79,7 +79,7 @@ RECIPES: dict[str, Recipe] = {
 
 
 # The recipe of the model that ships in ser_edge/models (rebuild.py trains it).
-SHIPPED_RECIPE = "default"
+SHIPPED_RECIPE = "fast-cmn"
 
 
 @dataclasses.dataclass
