@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,3 +297,37 @@ def test_speaker_adversarial_mixup_training_runs_and_resumes(tmp_path):
             augment=aug).run()
     assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 2
 
+
+
+def test_feature_cache_hits_across_path_spellings_and_rewrites_atomically(tmp_path, monkeypatch):
+    import os
+
+    from ser_edge.train import data
+    from ser_edge.train.data import Clip, load_feature_set
+
+    fc = FeatureConfig(sample_rate=16_000, n_fft=256, hop_length=128, n_mels=32, clip_s=1.0, f_max_hz=8_000.0)
+    (tmp_path / "d").mkdir()
+    absolute = [Clip(str(tmp_path / "d" / f"{e}.wav"), 3, 1, e, 1, 1, 1, 1) for e in (1, 2)]
+    monkeypatch.chdir(tmp_path)
+    relative = [dataclasses.replace(c, path=os.path.join("d", Path(c.path).name)) for c in absolute]
+    calls = []
+
+    def fake_compute(clips, config, hop_s):
+        calls.append(len(clips))
+        n = len(clips)
+        return (list(clips), np.full((n, 32, config.n_frames), len(calls), np.float32),
+                np.zeros((n, config.n_samples), np.float32), np.arange(n), np.zeros(n))
+
+    monkeypatch.setattr(data, "compute_features", fake_compute)
+    first = load_feature_set(absolute, fc, cache_dir=tmp_path / "cache", content_hash="h")
+    again = load_feature_set(relative, fc, cache_dir=tmp_path / "cache", content_hash="h")
+    assert calls == [2]  # the relative spelling hit the cache
+    assert [c.path for c in again.clips] == [c.path for c in relative]
+    features_file = next((tmp_path / "cache").glob("features-*/features.npy"))
+    inode = features_file.stat().st_ino
+    # Another clip list rewrites the cache: new files replace the old ones (new inode), and
+    # the array a running process has memory-mapped still reads its complete old data.
+    load_feature_set(absolute[:1], fc, cache_dir=tmp_path / "cache", content_hash="h")
+    assert calls == [2, 1] and features_file.stat().st_ino != inode
+    assert float(again.features[1].mean()) == 1.0 and float(first.features[0, 0, 0]) == 1.0
+    assert not list((tmp_path / "cache").glob("features-*/.*.tmp"))

@@ -254,6 +254,21 @@ def compute_features(
     )
 
 
+def _resolved(path: str | os.PathLike) -> str:
+    return str(Path(path).resolve())
+
+
+def _replace_atomically(target: Path, write) -> None:
+    """``write(file)`` into a temporary sibling, then rename it over ``target``."""
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            write(handle)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def load_feature_set(
     clips: Sequence[Clip],
     config: FeatureConfig,
@@ -262,18 +277,23 @@ def load_feature_set(
     content_hash: str,
     hop_s: float = DEFAULT_HOP_S,
 ) -> FeatureSet:
-    """Features for ``clips``, cached on disk under a key of (feature config, data hash, hop)."""
-    clip_paths = [c.path for c in clips]
+    """Features for ``clips``, cached on disk under a key of (feature config, data hash, hop).
+
+    A cache hit needs the same clips, however their paths are spelled (relative or
+    absolute). Files are replaced atomically, so a process that has the cache memory-mapped
+    keeps reading the old, complete files while another one rewrites it.
+    """
+    clip_paths = [_resolved(c.path) for c in clips]
     if cache_dir is not None:
         folder = Path(cache_dir) / f"features-{_cache_key(config, content_hash, hop_s)}"
         index = folder / "clips.json"
         if index.is_file():
             stored = json.loads(index.read_text())
-            if stored["requested"] == clip_paths:
-                by_path = {c.path: c for c in clips}
+            if [_resolved(p) for p in stored["requested"]] == clip_paths:
+                by_path = {_resolved(c.path): c for c in clips}
                 log.info("feature cache hit: %s", folder)
                 return FeatureSet(
-                    [by_path[p] for p in stored["kept"]],
+                    [by_path[_resolved(p)] for p in stored["kept"]],
                     np.load(folder / "features.npy", mmap_mode="r"),
                     np.load(folder / "waveforms.npy", mmap_mode="r"),
                     np.load(folder / "window_clip.npy"),
@@ -288,7 +308,8 @@ def load_feature_set(
             ("window_clip", owner),
             ("window_start_s", starts),
         ):
-            np.save(folder / f"{name}.npy", array)
+            _replace_atomically(folder / f"{name}.npy", lambda f, a=array: np.save(f, a))
         # Written last: a cache folder without its index is ignored and rebuilt.
-        index.write_text(json.dumps({"requested": clip_paths, "kept": [c.path for c in kept]}))
+        index_text = json.dumps({"requested": clip_paths, "kept": [_resolved(c.path) for c in kept]})
+        _replace_atomically(index, lambda f: f.write(index_text.encode()))
     return FeatureSet(kept, features, waves, owner, starts)
