@@ -165,7 +165,8 @@ def _train_modules():
 @click.option("--epochs", type=click.IntRange(min=1), help="Epoch cap  [default: the recipe's, 150]")
 @click.option("--patience", type=click.IntRange(min=1), help="Early-stopping patience in epochs  [default: the recipe's, 12]")
 @click.option("--batch-size", type=click.IntRange(min=1), help="[default: the recipe's, 32]")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, batches and augmentation (and of the split, unless --split-seed).")
+@click.option("--split-seed", type=int, help="Seed of the actor split / folds  [default: --seed]")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--actors", help="Restrict to these actors, e.g. 1,2,3,4 (for quick runs).")
 @click.option("--recipe", type=click.Choice(["default", "seed", "fast", "fast-cmn", "default-stats", "fast-cmn-stats"]), default="fast-cmn", show_default=True, help="Model/augmentation recipe (see train/pipeline.py RECIPES).")
@@ -179,7 +180,7 @@ def _train_modules():
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True, help="Feature cache folder.")
 @click.option("--strict", is_flag=True, help="Fail on any file that is not a readable RAVDESS speech clip.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, actors, recipe, only_fold, threads, augment,
+def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_seed, device, actors, recipe, only_fold, threads, augment,
           mixup, speaker_adversarial, reverb, bandlimit, cache_dir, strict, quiet) -> None:
     """Train a ParallelModel on RAVDESS-named clips with an actor-wise split."""
     pipeline = _train_modules()
@@ -211,6 +212,7 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, 
             raise _fail(f"{data_dir}: no clips of actors {missing}", EXIT_USAGE)
         present = sorted(wanted)
     chosen = pipeline.RECIPES[recipe]
+    split_seed = seed if split_seed is None else split_seed
     augment_config = chosen.augment
     kwargs = dict(
         feature_config=feature_config,
@@ -229,14 +231,14 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, device, 
     if folds:
         if only_fold is not None and only_fold >= folds:
             raise _fail(f"--only-fold {only_fold} is not below --folds {folds}", EXIT_USAGE)
-        out = pipeline.cross_validate(prepared, folds, out_dir, seed=seed, actors=present, only_fold=only_fold, **kwargs)
+        out = pipeline.cross_validate(prepared, folds, out_dir, seed=split_seed, actors=present, only_fold=only_fold, **kwargs)
         if out is None:
             click.echo(f"fold {only_fold} done; the summary is written when every fold is done")
             return
         for name, stat in out["summary"].items():
             click.echo(f"{name}: {stat['mean']:.3f} ± {stat['std']:.3f} over {folds} actor-wise folds")
         return
-    split = split_actors(present, seed=seed)
+    split = split_actors(present, seed=split_seed)
     click.echo(f"actors: train {list(split.train)}, val {list(split.val)}, test {list(split.test)}")
     metrics = pipeline.train_split(prepared, split, out_dir, **kwargs)
     click.echo((Path(out_dir) / "report.txt").read_text())

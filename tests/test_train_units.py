@@ -331,3 +331,23 @@ def test_feature_cache_hits_across_path_spellings_and_rewrites_atomically(tmp_pa
     assert calls == [2, 1] and features_file.stat().st_ino != inode
     assert float(again.features[1].mean()) == 1.0 and float(first.features[0, 0, 0]) == 1.0
     assert not list((tmp_path / "cache").glob("features-*/.*.tmp"))
+
+
+def test_cli_split_seed_defaults_to_seed_and_is_separate(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from ser_edge.cli import main
+    from ser_edge.train import pipeline
+    from ser_edge.train.data import Clip
+
+    clips = [Clip(f"a{a}.wav", 3, 1, 1, 1, 1, 1, a) for a in ACTORS]
+    prepared = pipeline.Prepared(FeatureSet(clips, None, None, np.arange(len(clips)), np.zeros(len(clips))), "h", [], "/d")
+    seen = []
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: prepared)
+    monkeypatch.setattr(pipeline, "cross_validate",
+                        lambda prepared, folds, out, *, seed, train_config, **k: seen.append((seed, train_config.seed)))
+    runner = CliRunner()
+    for extra, want in (([], (3, 3)), (["--split-seed", "0"], (0, 3))):
+        result = runner.invoke(main, ["train", str(tmp_path), "--folds", "5", "--seed", "3", "--quiet", *extra])
+        assert result.exit_code == 0, result.output
+        assert seen[-1] == want
