@@ -110,7 +110,6 @@ PCM16_SCALE = 32768.0  # int16 full scale
 
 def _classify_stdin(classifier, raw_rate: int | None):
     """WAV/FLAC (any format soundfile reads) or, with --raw-rate, raw s16le mono PCM."""
-    import dataclasses
     import io
 
     import numpy as np
@@ -173,10 +172,10 @@ def _train_modules():
 @click.option("--only-fold", type=click.IntRange(min=0), help="With --folds: train just this fold (run folds in parallel).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="torch threads (0 = all cores).")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="All train-time augmentation.")
-@click.option("--mixup", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Mixup alpha (0 = off).")
+@click.option("--mixup", type=click.FloatRange(min=0), help="Mixup alpha (0 = off)  [default: the recipe's]")
 @click.option("--speaker-adversarial", type=click.FloatRange(min=0), help="Gradient-reversal weight of a training-actor classifier (0 = off)  [default: the recipe's]")
-@click.option("--reverb", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Probability of synthetic-room reverberation per training window.")
-@click.option("--bandlimit", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Probability of 8/16 kHz band-limiting per training window.")
+@click.option("--reverb", type=click.FloatRange(0, 1), help="Probability of synthetic-room reverberation per training window  [default: the recipe's]")
+@click.option("--bandlimit", type=click.FloatRange(0, 1), help="Probability of 8/16 kHz band-limiting per training window  [default: the recipe's]")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True, help="Feature cache folder.")
 @click.option("--strict", is_flag=True, help="Fail on any file that is not a readable RAVDESS speech clip.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -213,16 +212,13 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         present = sorted(wanted)
     chosen = pipeline.RECIPES[recipe]
     split_seed = seed if split_seed is None else split_seed
-    augment_config = chosen.augment
     kwargs = dict(
         feature_config=feature_config,
         train_config=chosen.train_config(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
                                          early_stop_patience=patience, threads=threads,
                                          speaker_adversarial=speaker_adversarial),
         model_config=chosen.model,
-        augment=dataclasses.replace(augment_config, mixup_alpha=mixup or augment_config.mixup_alpha,
-                                    reverb_prob=reverb or augment_config.reverb_prob,
-                                    bandlimit_prob=bandlimit or augment_config.bandlimit_prob)
+        augment=chosen.augment_config(mixup_alpha=mixup, reverb_prob=reverb, bandlimit_prob=bandlimit)
         if augment else AugmentConfig.off(),
         progress=not quiet,
     )

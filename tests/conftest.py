@@ -15,6 +15,16 @@ from ser_edge.edge_runtime.features import FeatureConfig
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SER_EDGE_DATA", REPO.parent / "shared" / "data" / "ravdess-speech"))
 LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+# A small front-end and ParallelModel for fast export / training tests.
+SMALL_FEATURES = FeatureConfig(sample_rate=16_000, n_fft=256, hop_length=128, n_mels=32, clip_s=1.0, f_max_hz=8_000.0)
+
+
+def small_model_config(**changes):
+    """A ParallelModel config sized for SMALL_FEATURES (imports torch)."""
+    from ser_edge.models.parallel import ModelConfig
+
+    return ModelConfig(n_mels=32, conv_channels=(4, 8, 8), conv_pools=((2, 2), (2, 2), (2, 2)), d_model=16,
+                       n_heads=2, ff_dim=32, n_layers=2, transformer_pool=(2, 4), **changes)
 
 
 def band_model(

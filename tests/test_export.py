@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -21,21 +20,17 @@ from ser_edge.export.exporter import (
     onnx_probabilities,
     torch_probabilities,
 )
-from ser_edge.models.parallel import ModelConfig
 from ser_edge.train.trainer import build_model
 
-from conftest import LABELS, tone
+from conftest import LABELS, SMALL_FEATURES, small_model_config, tone
 
-SMALL_FEATURES = FeatureConfig(sample_rate=16_000, n_fft=256, hop_length=128, n_mels=32, clip_s=1.0, f_max_hz=8_000.0)
-SMALL_MODEL = ModelConfig(n_mels=32, conv_channels=(4, 8, 8), conv_pools=((2, 2), (2, 2), (2, 2)), d_model=16,
-                          n_heads=2, ff_dim=32, n_layers=2, transformer_pool=(2, 4))
 
 
 @pytest.fixture(scope="module", params=["seed-head", "cmn-stats-head"])
 def exported(tmp_path_factory, request):
     torch.manual_seed(0)
-    config = SMALL_MODEL if request.param == "seed-head" else dataclasses.replace(
-        SMALL_MODEL, utterance_norm=True, conv_time_pool="stats")
+    config = small_model_config() if request.param == "seed-head" else small_model_config(
+        utterance_norm=True, conv_time_pool="stats")
     model = build_model(config, SMALL_FEATURES, "cpu").eval()
     rng = np.random.default_rng(0)
     mean = rng.normal(-40, 5, (32, SMALL_FEATURES.n_frames)).astype(np.float32)
@@ -97,7 +92,7 @@ def test_runtime_loads_the_export(exported):
 def test_parity_failure_is_loud(exported):
     wrapper, path, features = exported
     torch.manual_seed(1)
-    other = ExportWrapper(build_model(SMALL_MODEL, SMALL_FEATURES, "cpu").eval(), wrapper.mean[0, 0].numpy(),
+    other = ExportWrapper(build_model(small_model_config(), SMALL_FEATURES, "cpu").eval(), wrapper.mean[0, 0].numpy(),
                           1 / wrapper.inv_scale[0, 0].numpy())
     with pytest.raises(ExportError, match="parity failed"):
         check_parity(other, path, features, reference=False)

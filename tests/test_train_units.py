@@ -16,6 +16,8 @@ from ser_edge.train.data import DatasetError, FeatureSet, kfold_splits, parse_na
 from ser_edge.train.scaler import Scaler
 from ser_edge.train.trainer import class_weights
 
+from conftest import SMALL_FEATURES, small_model_config
+
 ACTORS = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 20, 21, 23, 24]
 
 
@@ -229,6 +231,10 @@ def test_recipe_train_config_overrides():
     assert fast.train_config().lr == fast.train["lr"]
     config = fast.train_config(epochs=7, lr=None, batch_size=None)
     assert (config.epochs, config.lr, config.batch_size) == (7, fast.train["lr"], 32)
+    mixing = dataclasses.replace(fast, augment=dataclasses.replace(fast.augment, mixup_alpha=0.4))
+    assert mixing.augment_config(mixup_alpha=None, reverb_prob=0.3).mixup_alpha == 0.4
+    assert mixing.augment_config(mixup_alpha=None, reverb_prob=0.3).reverb_prob == 0.3
+    assert mixing.augment_config(mixup_alpha=0.0).mixup_alpha == 0.0  # an explicit 0 turns it off
 
 
 def test_cli_offers_every_recipe():
@@ -272,13 +278,11 @@ def test_grad_reverse_flips_and_scales_the_gradient():
 def test_speaker_adversarial_mixup_training_runs_and_resumes(tmp_path):
     import json
 
-    from ser_edge.models.parallel import ModelConfig
     from ser_edge.train.data import Clip, Split
     from ser_edge.train.trainer import CHECKPOINT, TrainConfig, Trainer
 
-    fc = FeatureConfig(sample_rate=16_000, n_fft=256, hop_length=128, n_mels=32, clip_s=1.0, f_max_hz=8_000.0)
-    mc = ModelConfig(n_mels=32, conv_channels=(4, 8, 8), conv_pools=((2, 2), (2, 2), (2, 2)), d_model=16,
-                     n_heads=2, ff_dim=32, n_layers=2, transformer_pool=(2, 4), utterance_norm=True, conv_time_pool="stats")
+    fc = SMALL_FEATURES
+    mc = small_model_config(utterance_norm=True, conv_time_pool="stats")
     clips = [Clip(f"{a}-{e}.wav", 3, 1, e, 1, 1, 1, a) for a in (1, 2, 3, 4, 5) for e in range(1, 9)]
     rng = np.random.default_rng(0)
     features = rng.normal(-40, 10, (len(clips), 32, fc.n_frames)).astype(np.float32)
@@ -305,7 +309,7 @@ def test_feature_cache_hits_across_path_spellings_and_rewrites_atomically(tmp_pa
     from ser_edge.train import data
     from ser_edge.train.data import Clip, load_feature_set
 
-    fc = FeatureConfig(sample_rate=16_000, n_fft=256, hop_length=128, n_mels=32, clip_s=1.0, f_max_hz=8_000.0)
+    fc = SMALL_FEATURES
     (tmp_path / "d").mkdir()
     absolute = [Clip(str(tmp_path / "d" / f"{e}.wav"), 3, 1, e, 1, 1, 1, 1) for e in (1, 2)]
     monkeypatch.chdir(tmp_path)

@@ -9,6 +9,7 @@ clip probabilities. Runs must have been trained without these actors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -34,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     for run, ev in zip(args.runs, evaluations):
         if not np.array_equal(ev.y_true, y):
             parser.error(f"{run}: evaluated a different clip list")
-        print(f"{run}: accuracy {100 * np.mean(ev.probabilities.argmax(1) == y):.1f}%")
+        print(f"{run}: accuracy {100 * ev.summary['accuracy']:.1f}%")
     mean = np.mean([ev.probabilities for ev in evaluations], axis=0)
+    ensemble = dataclasses.replace(evaluations[0], probabilities=mean)
     print(f"ensemble of {len(evaluations)} on actors {actors} ({len(y)} clips): "
-          f"accuracy {100 * np.mean(mean.argmax(1) == y):.1f}%")
+          f"accuracy {100 * ensemble.summary['accuracy']:.1f}%")
     return 0
 
 

@@ -290,7 +290,7 @@ def load_feature_set(
         if index.is_file():
             stored = json.loads(index.read_text())
             if [_resolved(p) for p in stored["requested"]] == clip_paths:
-                by_path = {_resolved(c.path): c for c in clips}
+                by_path = dict(zip(clip_paths, clips))
                 log.info("feature cache hit: %s", folder)
                 return FeatureSet(
                     [by_path[_resolved(p)] for p in stored["kept"]],

@@ -32,8 +32,15 @@ class Recipe:
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         """TrainConfig with this recipe's settings, then ``overrides`` (those not None)."""
-        values = {**self.train, **{k: v for k, v in overrides.items() if v is not None}}
-        return TrainConfig(**values)
+        return TrainConfig(**{**self.train, **_given(overrides)})
+
+    def augment_config(self, **overrides: Any) -> AugmentConfig:
+        """This recipe's AugmentConfig with ``overrides`` (those not None)."""
+        return dataclasses.replace(self.augment, **_given(overrides))
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
 
 
 # "seed" follows the design note: its CNN pooling (2x2, 4x4, 4x4) and 140-frame
