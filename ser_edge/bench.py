@@ -164,7 +164,11 @@ def directory_throughput(clf: EmotionClassifier, folder: Path, cfg: BenchConfig)
 
 
 def torch_reference(clf: EmotionClassifier, folder: Path, threads: int, cfg: BenchConfig) -> dict[str, Any] | None:
-    """The training-side ParallelModel in eager mode (same architecture, same features)."""
+    """The training-side ParallelModel in eager mode (same architecture, same features).
+
+    For an ensemble model (``members`` in its provenance) the reference runs as many
+    ParallelModels and averages their probabilities, as the exported graph does.
+    """
     try:
         import torch
 
@@ -173,9 +177,10 @@ def torch_reference(clf: EmotionClassifier, folder: Path, threads: int, cfg: Ben
     except ImportError:
         return None
     fc = clf.feature_config
-    recipe = json.loads(clf.metadata.get("provenance", "{}")).get("recipe", {})
-    model = build_model(ModelConfig.from_dict(recipe.get("model", {})), fc, "cpu").eval()
-    model = model.to(memory_format=torch.contiguous_format)
+    provenance = json.loads(clf.metadata.get("provenance", "{}"))
+    model_config = ModelConfig.from_dict(provenance.get("recipe", {}).get("model", {}))
+    members = [build_model(model_config, fc, "cpu").eval().to(memory_format=torch.contiguous_format)
+               for _ in range(max(1, len(provenance.get("members", []))))]
     mean = torch.zeros(1, 1, fc.n_mels, fc.n_frames)
     scale = torch.ones_like(mean)
     path = write_clip(folder, fc.clip_s, 48_000)
@@ -185,7 +190,7 @@ def torch_reference(clf: EmotionClassifier, folder: Path, threads: int, cfg: Ben
     def infer(features: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = (torch.from_numpy(features[:, None]) - mean) / scale
-            return torch.softmax(model(x), dim=1).numpy()
+            return torch.stack([torch.softmax(model(x), dim=1) for model in members]).mean(dim=0).numpy()
 
     def total() -> np.ndarray:
         audio = load_audio(path)

@@ -331,21 +331,25 @@ def _robustness(model_path, data, actors, threads, snr, bandwidth, plot_path) ->
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="Output .onnx path.")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Data folder for parity/calibration (default: the run's).")
 @click.option("--quantize", type=click.Choice(["int8"]), help="Also write an int8 variant next to the fp32 model.")
 @click.option("--no-calibrate", is_flag=True, help="Skip temperature scaling on the validation actors.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True)
-def export(run_dir, out_path, data_dir, quantize, no_calibrate, cache_dir) -> None:
-    """Export a run to one ONNX file (scaler and temperature folded in) and prove parity."""
+def export(run_dirs, out_path, data_dir, quantize, no_calibrate, cache_dir) -> None:
+    """Export a run to one ONNX file (scaler and temperature folded in) and prove parity.
+
+    Several RUN_DIRS (one recipe and actor split, different seeds) export as one ensemble
+    graph that averages the members' probabilities.
+    """
     _train_modules()
     from ser_edge.export.exporter import export_run
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ser_edge").setLevel(logging.INFO)
     try:
-        report = export_run(run_dir, out_path, data_dir=_run_data_dir(run_dir, data_dir), cache_dir=cache_dir,
+        report = export_run(run_dirs, out_path, data_dir=_run_data_dir(run_dirs[0], data_dir), cache_dir=cache_dir,
                             calibrate=not no_calibrate, quantize=quantize)
     except SerEdgeError as exc:
         raise _fail(str(exc)) from None

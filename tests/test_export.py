@@ -58,7 +58,8 @@ def test_scaler_and_temperature_are_in_the_graph(exported):
     wrapper, path, features = exported
     x = torch.from_numpy(features[:, None])
     with torch.no_grad():
-        manual = torch.softmax(wrapper.model((x - wrapper.mean) / torch.from_numpy(1 / wrapper.inv_scale.numpy())) / 1.5, dim=1)
+        (model,) = wrapper.models
+        manual = torch.softmax(model((x - wrapper.mean) / torch.from_numpy(1 / wrapper.inv_scale.numpy())) / 1.5, dim=1)
     np.testing.assert_allclose(onnx_probabilities(path, features), manual.numpy(), atol=1e-5)
 
 
@@ -108,3 +109,30 @@ def test_fit_temperature_recovers_overconfidence():
     # (overconfident) and check the fitted temperature undoes a good part of it.
     temperature = fit_temperature(3.0 * true_logits, np.arange(n), labels)
     assert temperature > 1.5
+
+
+def test_ensemble_graph_is_the_mean_of_its_members(tmp_path):
+    torch.manual_seed(0)
+    members = [build_model(small_model_config(utterance_norm=True), SMALL_FEATURES, "cpu").eval() for _ in range(2)]
+    rng = np.random.default_rng(1)
+    mean = rng.normal(-40, 5, (32, SMALL_FEATURES.n_frames)).astype(np.float32)
+    scale = rng.uniform(5, 15, (32, SMALL_FEATURES.n_frames)).astype(np.float32)
+    features = rng.uniform(-80, 0, (6, 32, SMALL_FEATURES.n_frames)).astype(np.float32)
+    ensemble = ExportWrapper(members, mean, scale, temperature=0.8)
+    path = tmp_path / "ensemble.onnx"
+    export_onnx(ensemble, path, SMALL_FEATURES, metadata_props(LABELS, SMALL_FEATURES, model_name="e", model_version="0"))
+    assert check_parity(ensemble, path, features).argmax_equal
+    singles = [torch_probabilities(ExportWrapper(m, mean, scale, temperature=0.8), features) for m in members]
+    assert not np.allclose(singles[0], singles[1], atol=1e-3)  # two different members
+    np.testing.assert_allclose(onnx_probabilities(path, features), np.mean(singles, axis=0), atol=PARITY_ATOL)
+
+
+def test_fit_temperature_of_an_ensemble_matches_one_member_when_members_agree():
+    rng = np.random.default_rng(0)
+    n, k = 300, 4
+    labels = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), labels] += 1.0
+    single = fit_temperature(3.0 * logits, np.arange(n), labels)
+    assert single > 1.5
+    assert fit_temperature(np.stack([3.0 * logits, 3.0 * logits]), np.arange(n), labels) == single

@@ -4,6 +4,10 @@ The graph: ``log_mel (B, 1, n_mels, n_frames)`` -> ``(x - mean) / scale`` (the t
 scaler, as constants) -> ParallelModel logits -> ``/ temperature`` -> softmax ->
 ``probabilities (B, n_labels)``. Output is probabilities (not logits), in label order.
 
+An ensemble is the same graph over several runs of one recipe and one actor split that
+differ only in their seed: one shared scaler (the split's, identical across the runs), each
+member's softmax at one shared temperature, and the mean of the members' probabilities.
+
 Exported with the ``torch.export``-based exporter (``dynamo=True``; the TorchScript one is
 deprecated) at opset 18, the exporter's native opset: onnxruntime >= 1.14 and
 ``onnx.reference`` run it. The batch axis is a symbolic dimension, verified with batches
@@ -45,20 +49,31 @@ class ExportError(SerEdgeError):
 
 
 class ExportWrapper(nn.Module):
-    """Scaler + model + temperature + softmax, as one graph."""
+    """Scaler + model(s) + temperature + softmax (+ mean over members), as one graph."""
 
-    def __init__(self, model: ParallelModel, mean: np.ndarray, scale: np.ndarray, temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        models: ParallelModel | Sequence[ParallelModel],
+        mean: np.ndarray,
+        scale: np.ndarray,
+        temperature: float = 1.0,
+    ) -> None:
         super().__init__()
-        self.model = model.to(memory_format=torch.contiguous_format).eval()
+        members = [models] if isinstance(models, nn.Module) else list(models)
+        if not members:
+            raise ValueError("ExportWrapper needs at least one model")
+        self.models = nn.ModuleList(m.to(memory_format=torch.contiguous_format).eval() for m in members)
         self.register_buffer("mean", torch.from_numpy(np.asarray(mean, np.float32))[None, None])
         self.register_buffer("inv_scale", torch.from_numpy(1.0 / np.asarray(scale, np.float32))[None, None])
         self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature, dtype=torch.float32))
 
     def logits(self, log_mel: torch.Tensor) -> torch.Tensor:
-        return self.model((log_mel - self.mean) * self.inv_scale)
+        """Every member's logits, ``(members, batch, n_labels)``."""
+        x = (log_mel - self.mean) * self.inv_scale
+        return torch.stack([model(x) for model in self.models])
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(log_mel) * self.inv_temperature, dim=1)
+        return torch.softmax(self.logits(log_mel) * self.inv_temperature, dim=2).mean(dim=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +197,12 @@ def check_parity(
 
 
 def fit_temperature(window_logits: np.ndarray, window_clip: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature minimising the clip-level NLL (mean of window softmax), by grid search."""
+    """Temperature minimising the clip-level NLL (mean of window softmax), by grid search.
+
+    ``window_logits`` is ``(windows, n_labels)`` or, for an ensemble, ``(members, windows,
+    n_labels)``: one temperature for all members, applied before their probabilities are
+    averaged (as the exported graph does).
+    """
     from ser_edge.train.metrics import clip_probabilities
 
     n_clips = len(labels)
@@ -222,12 +242,13 @@ def _run_features(run_config: Mapping[str, Any], data_dir: str | os.PathLike, ca
 
 
 def _window_logits(wrapper: ExportWrapper, features: np.ndarray, rows: np.ndarray, batch: int = 64) -> np.ndarray:
+    """``(members, len(rows), n_labels)`` logits."""
     out = []
     with torch.no_grad():
         for i in range(0, len(rows), batch):
             x = torch.from_numpy(np.asarray(features[rows[i : i + batch]], np.float32)[:, None])
             out.append(wrapper.logits(x).numpy())
-    return np.concatenate(out)
+    return np.concatenate(out, axis=1)
 
 
 def _clip_eval(fs, rows: np.ndarray, window_probs: np.ndarray, labels: Sequence[str]) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -241,13 +262,61 @@ def _clip_eval(fs, rows: np.ndarray, window_probs: np.ndarray, labels: Sequence[
 
 
 def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax over the last axis; a leading members axis (3-D input) is averaged out."""
     z = logits / temperature
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    probs = z / z.sum(axis=-1, keepdims=True)
+    return probs.mean(axis=0) if probs.ndim == 3 else probs
+
+
+# Run settings that may differ between the members of an ensemble (everything else must match).
+MEMBER_KEYS = ("seed", "threads", "device")
+
+
+def _member_recipe(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    train = {k: v for k, v in run_config["train"].items() if k not in MEMBER_KEYS}
+    return {"train": train, "model": run_config["model"], "augment": run_config["augment"],
+            "labels": run_config["labels"], "features": run_config["features"], "split": run_config["split"],
+            "data_hash": run_config.get("data_hash")}
+
+
+def load_members(run_dirs: Sequence[str | os.PathLike]) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+    """The runs' shared config, each run's config, and their shared scaler.
+
+    The runs must be one recipe on one actor split (they may differ in seed only); their
+    scalers, fit on the same training actors, must then be identical.
+    """
+    from ser_edge.train.scaler import Scaler
+
+    configs, scaler = [], None
+    for run_dir in map(Path, run_dirs):
+        for name in ("config.json", "scaler.npz", "best_parallel_ser.pt"):
+            if not (run_dir / name).is_file():
+                raise ExportError(f"run folder has no {name}", path=str(run_dir))
+        config = json.loads((run_dir / "config.json").read_text())
+        if configs and _member_recipe(config) != _member_recipe(configs[0]):
+            raise ExportError(f"run is not the same recipe and actor split as {run_dirs[0]} (only the seed may differ)",
+                              path=str(run_dir))
+        run_scaler = Scaler.load(run_dir / "scaler.npz")
+        if scaler is not None and not (np.array_equal(run_scaler.mean, scaler.mean)
+                                       and np.array_equal(run_scaler.scale, scaler.scale)):
+            raise ExportError(f"run's scaler differs from {run_dirs[0]}'s (different training data?)", path=str(run_dir))
+        configs.append(config)
+        scaler = scaler or run_scaler
+    if not configs:
+        raise ExportError("no run folder given")
+    return configs[0], configs, scaler
+
+
+def _member_provenance(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return {"run": run_dir.name, "seed": config["train"].get("seed"), "best_epoch": metrics.get("best_epoch"),
+            "val_accuracy": metrics.get("val", {}).get("accuracy")}
 
 
 def export_run(
-    run_dir: str | os.PathLike,
+    run_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     out_path: str | os.PathLike,
     *,
     data_dir: str | os.PathLike,
@@ -257,49 +326,36 @@ def export_run(
     model_name: str = "ser-edge-parallel",
     model_version: str | None = None,
 ) -> ExportReport:
-    """Export a run folder; parity-check on its test actors' clips; optional int8."""
+    """Export a run folder (or an ensemble of runs); parity on its test actors; optional int8."""
     from ser_edge import __version__
-    from ser_edge.train.scaler import Scaler
     from ser_edge.train.trainer import load_model
 
-    run_dir = Path(run_dir)
-    for name in ("config.json", "scaler.npz", "best_parallel_ser.pt"):
-        if not (run_dir / name).is_file():
-            raise ExportError(f"run folder has no {name}", path=str(run_dir))
-    run_config = json.loads((run_dir / "config.json").read_text())
+    run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, os.PathLike)) else [Path(r) for r in run_dirs]
+    run_config, configs, scaler = load_members(run_dirs)
     labels = run_config["labels"]
     feature_config, fs = _run_features(run_config, data_dir, cache_dir)
-    scaler = Scaler.load(run_dir / "scaler.npz")
-    model = load_model(run_dir, feature_config)
+    models = [load_model(run_dir, feature_config) for run_dir in run_dirs]
     split = run_config["split"]
     val_rows, test_rows = fs.rows_for_actors(split["val"]), fs.rows_for_actors(split["test"])
     if len(test_rows) == 0:
-        raise ExportError(f"no clips of the run's test actors {split['test']} under {data_dir}", path=str(run_dir))
+        raise ExportError(f"no clips of the run's test actors {split['test']} under {data_dir}", path=str(run_dirs[0]))
 
-    wrapper = ExportWrapper(model, scaler.mean, scaler.scale)
+    wrapper = ExportWrapper(models, scaler.mean, scaler.scale)
     temperature, ece = 1.0, {}
     if calibrate and len(val_rows):
-        val_logits = _window_logits(wrapper, fs.features, val_rows)
-        owners = fs.window_clip[val_rows]
-        clips, local = np.unique(owners, return_inverse=True)
-        y_val = np.array([fs.clips[c].label_index for c in clips])
-        temperature = fit_temperature(val_logits, local, y_val)
-        test_logits = _window_logits(wrapper, fs.features, test_rows)
-        for split_name, rows, logits in (("val", val_rows, val_logits), ("test", test_rows, test_logits)):
-            ece[f"{split_name}_before"] = _clip_eval(fs, rows, _softmax(logits, 1.0), labels)[0]["ece"]
-            ece[f"{split_name}_after"] = _clip_eval(fs, rows, _softmax(logits, temperature), labels)[0]["ece"]
-        wrapper = ExportWrapper(model, scaler.mean, scaler.scale, temperature)
+        temperature, ece = _calibrate(wrapper, fs, val_rows, test_rows, labels)
+        wrapper = ExportWrapper(models, scaler.mean, scaler.scale, temperature)
 
-    metrics_path = run_dir / "metrics.json"
-    run_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     test_window_probs = torch_probabilities(wrapper, np.asarray(fs.features[test_rows]))
     test_summary = _clip_eval(fs, test_rows, test_window_probs, labels)[0]
+    members = [_member_provenance(run_dir, config) for run_dir, config in zip(run_dirs, configs)]
     provenance = {
         "split_actors": split,
         "test_metrics": {k: test_summary[k] for k in ("n", "accuracy", "macro_f1", "uar", "ece")},
         "data_hash": run_config.get("data_hash", ""),
         "code_version": run_config.get("code_version", ""),
-        "best_epoch": run_metrics.get("best_epoch"),
+        "best_epoch": members[0]["best_epoch"] if len(members) == 1 else [m["best_epoch"] for m in members],
+        "members": members,
         "temperature": temperature,
         "ece": ece,
         "recipe": {k: run_config[k] for k in ("train", "model", "augment")},
@@ -317,6 +373,21 @@ def export_run(
     if quantize == "int8":
         report.int8 = quantize_int8(out_path, fs, run_config, labels, test_summary)
     return report
+
+
+def _calibrate(wrapper: ExportWrapper, fs, val_rows: np.ndarray, test_rows: np.ndarray, labels) -> tuple[float, dict[str, float]]:
+    """Temperature fit on the validation actors; ECE before/after on validation and test."""
+    val_logits = _window_logits(wrapper, fs.features, val_rows)
+    owners = fs.window_clip[val_rows]
+    clips, local = np.unique(owners, return_inverse=True)
+    y_val = np.array([fs.clips[c].label_index for c in clips])
+    temperature = fit_temperature(val_logits, local, y_val)
+    test_logits = _window_logits(wrapper, fs.features, test_rows)
+    ece = {}
+    for split_name, rows, logits in (("val", val_rows, val_logits), ("test", test_rows, test_logits)):
+        ece[f"{split_name}_before"] = _clip_eval(fs, rows, _softmax(logits, 1.0), labels)[0]["ece"]
+        ece[f"{split_name}_after"] = _clip_eval(fs, rows, _softmax(logits, temperature), labels)[0]["ece"]
+    return temperature, ece
 
 
 def quantize_int8(fp32_path: str | os.PathLike, fs, run_config: Mapping[str, Any], labels, fp32_summary) -> dict[str, Any]:

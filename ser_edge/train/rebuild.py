@@ -2,11 +2,14 @@
 
     python -m ser_edge.train.rebuild --data ../shared/data/ravdess-speech
 
-train (the shipped recipe, seed 0, actor split 16/2/2) -> export (temperature on the
-validation actors, parity on the test actors, int8 variant) -> evaluate through the edge
-runtime on the test actors (clean, noisy, band-limited) -> write the models and
-``ser_edge_default.json`` (provenance: data hash, split, metrics, code version, command)
-into ``ser_edge/models/``. An interrupted run resumes from its checkpoint.
+train (the shipped recipe, one run per seed in ``SHIPPED_SEEDS``, all on the actor split
+16/2/2 of ``--split-seed``; the runs train in parallel processes, one torch thread each)
+-> export the runs as one ensemble graph (temperature on the validation actors, parity on
+the test actors, int8 variant) -> evaluate through the edge runtime on the validation and
+test actors (clean, noisy, band-limited) -> write the models and ``ser_edge_default.json``
+(provenance: data hash, split, members, metrics, code version, command) into
+``ser_edge/models/``. An interrupted run resumes from its checkpoints; finished member runs
+are not retrained.
 """
 
 from __future__ import annotations
@@ -14,51 +17,91 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_NAME = "ser_edge_default"
 SNRS_DB = (20.0, 10.0, 5.0, 0.0)
 BANDWIDTHS = (16_000, 8_000)
+TRAIN_THREADS = 1  # torch threads per member run: results do not depend on the core count
+POLL_S = 5.0  # how often the running member trainings are checked
+
+log = logging.getLogger("ser_edge.rebuild")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="RAVDESS speech folder")
-    parser.add_argument("--run-dir", default="runs/default", help="training run folder (resumable)")
-    parser.add_argument("--cache", default=".cache/ser-edge", help="feature cache")
-    parser.add_argument("--out-dir", default=str(MODELS_DIR), help="where the shipped files go")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recipe", default=None, help="training recipe (default: the shipped one, see pipeline.SHIPPED_RECIPE)")
-    parser.add_argument("--skip-train", action="store_true", help="export an existing run folder")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("ser_edge").setLevel(logging.INFO)
+class RebuildError(RuntimeError):
+    """A member's training failed."""
 
-    from ser_edge.cli import main as cli
 
-    from ser_edge.train.pipeline import SHIPPED_RECIPE
+def member_dir(run_dir: Path, seed: int) -> Path:
+    return run_dir / f"seed_{seed}"
 
-    if not args.skip_train:
-        cli(["train", args.data, "--out", args.run_dir, "--seed", str(args.seed), "--cache", args.cache, "--quiet",
-             "--recipe", args.recipe or SHIPPED_RECIPE], standalone_mode=False)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(args.run_dir) / "export"
-    staging.mkdir(exist_ok=True)
-    fp32 = staging / f"{DEFAULT_NAME}.onnx"
 
+def train_members(args: argparse.Namespace, seeds: list[int], recipe: str) -> list[Path]:
+    """Train one run per seed (``--jobs`` at a time); return the run folders."""
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pending = list(seeds)
+    running: dict[int, subprocess.Popen] = {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed = pending.pop(0)
+            command = [sys.executable, "-m", "ser_edge.cli", "train", args.data, "--out", str(member_dir(run_dir, seed)),
+                       "--seed", str(seed), "--split-seed", str(args.split_seed), "--recipe", recipe,
+                       "--threads", str(TRAIN_THREADS), "--cache", args.cache, "--quiet"]
+            if args.epochs is not None:
+                command += ["--epochs", str(args.epochs)]
+            log.info("training seed %d: %s (log: %s)", seed, " ".join(command), run_dir / f"seed_{seed}.log")
+            with open(run_dir / f"seed_{seed}.log", "a") as out:
+                running[seed] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        seed, code = _wait_any(running)
+        if code != 0:
+            for other in running.values():
+                other.terminate()
+            raise RebuildError(f"training seed {seed} failed (exit {code}); see {run_dir / f'seed_{seed}.log'}")
+    return [member_dir(run_dir, seed) for seed in seeds]
+
+
+def _wait_any(running: dict[int, subprocess.Popen]) -> tuple[int, int]:
+    """Block until one process ends; remove it; return (seed, exit code)."""
+    while True:
+        for seed, process in running.items():
+            code = process.poll()
+            if code is not None:
+                del running[seed]
+                return seed, code
+        time.sleep(POLL_S)
+
+
+def member_summary(run_dir: Path) -> dict[str, Any]:
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"run": run_dir.name, "seed": config["train"]["seed"], "best_epoch": metrics["best_epoch"],
+            "epochs_run": metrics["epochs_run"],
+            "validation": {k: metrics["val"][k] for k in ("accuracy", "macro_f1", "uar", "actors")},
+            "test_pytorch": {k: metrics["test"][k] for k in ("accuracy", "macro_f1", "uar", "actors")}}
+
+
+def ship(args: argparse.Namespace, members: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Export, evaluate and copy into ``out_dir``; return the provenance record."""
     from ser_edge.export.exporter import export_run
     from ser_edge.train import robustness
     from ser_edge.train.data import scan_dataset
     from ser_edge.train.evaluate import evaluate_conditions, evaluate_onnx
 
-    report = export_run(args.run_dir, fp32, data_dir=args.data, cache_dir=args.cache, quantize="int8",
+    staging = Path(args.run_dir) / "export"
+    staging.mkdir(parents=True, exist_ok=True)
+    fp32 = staging / f"{DEFAULT_NAME}.onnx"
+    report = export_run(members, fp32, data_dir=args.data, cache_dir=args.cache, quantize="int8",
                         model_name="ser-edge-default")
-    config = json.loads((Path(args.run_dir) / "config.json").read_text())
-    test_actors = config["split"]["test"]
+    config = json.loads((members[0] / "config.json").read_text())
+    split = config["split"]
 
     shipped = {"fp32": fp32}
     # int8 ships only if it keeps accuracy (test change under 1 point) and is faster.
@@ -66,13 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         shipped["int8"] = Path(report.int8["path"])
     evaluations = {}
     for kind, path in shipped.items():
-        result = evaluate_onnx(path, args.data, test_actors)
+        result = evaluate_onnx(path, args.data, split["test"])
         evaluations[kind] = {"summary": result.summary, "report": result.report()}
+    validation = evaluate_onnx(fp32, args.data, split["val"]).summary
 
-    pool = [c.path for c in scan_dataset(args.data).clips if c.actor not in set(test_actors)]
+    pool = [c.path for c in scan_dataset(args.data).clips if c.actor not in set(split["test"])]
     conditions = {c.name: c.transform for c in robustness.conditions(SNRS_DB, BANDWIDTHS, pool)}
     robust = {name: ev.summary["accuracy"]
-              for name, ev in evaluate_conditions(fp32, args.data, test_actors, conditions).items()}
+              for name, ev in evaluate_conditions(fp32, args.data, split["test"], conditions).items()}
     robustness.plot(robust, SNRS_DB, str(out_dir / f"{DEFAULT_NAME}.robustness.png"))
 
     for kind, path in shipped.items():
@@ -80,25 +124,68 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(path, target)
     if "int8" not in shipped:
         (out_dir / f"{DEFAULT_NAME}.int8.onnx").unlink(missing_ok=True)
-    metrics = json.loads((Path(args.run_dir) / "metrics.json").read_text())
-    provenance = {
-        "command": "python -m ser_edge.train.rebuild " + " ".join(argv if argv is not None else sys.argv[1:]),
+    return {
         "code_version": config["code_version"],
         "torch_version": config["torch_version"],
         "data_hash": config["data_hash"],
-        "split": config["split"],
+        "split": split,
         "recipe": {k: config[k] for k in ("train", "model", "augment")},
-        "best_epoch": metrics["best_epoch"],
-        "epochs_run": metrics["epochs_run"],
-        "validation": {k: metrics["val"][k] for k in ("accuracy", "macro_f1", "uar", "actors")},
+        "members": [member_summary(run) for run in members],
+        "validation_edge_runtime": {k: validation[k] for k in ("accuracy", "macro_f1", "uar", "actors")},
         "export": report.to_dict(),
         "test_edge_runtime": evaluations,
         "robustness_test_accuracy": robust,
         "shipped": sorted(shipped),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ser_edge.edge_runtime.errors import SerEdgeError
+    from ser_edge.train.pipeline import SHIPPED_RECIPE, SHIPPED_SEEDS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="RAVDESS speech folder")
+    parser.add_argument("--run-dir", default="runs/default", help="folder of the member runs (resumable)")
+    parser.add_argument("--cache", default=".cache/ser-edge", help="feature cache")
+    parser.add_argument("--out-dir", default=str(MODELS_DIR), help="where the shipped files go")
+    parser.add_argument("--seeds", default=",".join(map(str, SHIPPED_SEEDS)),
+                        help="comma-separated seeds, one ensemble member each (default: %(default)s)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the actor split (default: %(default)s)")
+    parser.add_argument("--recipe", default=SHIPPED_RECIPE, help="training recipe (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)),
+                        help="member runs trained at once (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, help="epoch cap (default: the recipe's; only for quick checks)")
+    parser.add_argument("--skip-train", action="store_true", help="export the existing member runs")
+    args = parser.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if len(set(seeds)) != len(seeds) or args.jobs < 1:
+        parser.error("--seeds must be distinct and --jobs at least 1")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("ser_edge").setLevel(logging.INFO)
+
+    if args.skip_train:
+        members = [member_dir(Path(args.run_dir), seed) for seed in seeds]
+    else:
+        try:
+            members = train_members(args, seeds, args.recipe)
+        except RebuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        shipped = ship(args, members, out_dir)
+    except SerEdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    provenance = {"command": "python -m ser_edge.train.rebuild " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  **shipped}
     (out_dir / f"{DEFAULT_NAME}.json").write_text(json.dumps(provenance, indent=2))
-    print(evaluations["fp32"]["report"])
-    print(json.dumps(robust, indent=2))
+    print(provenance["test_edge_runtime"]["fp32"]["report"])
+    print(json.dumps(provenance["robustness_test_accuracy"], indent=2))
     return 0
 
 
