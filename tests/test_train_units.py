@@ -210,6 +210,38 @@ def test_waveform_augmentations_change_only_chosen_rows():
     assert narrow[top_band:, 8:-8].max() <= -config.top_db + 1  # nothing above 4 kHz (edges: filter transient)
 
 
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_scales_every_frequency(factor):
+    from ser_edge.train.augment import speed_perturb
+
+    rate, n = 48_000, 48_000
+    t = np.arange(n) / rate
+    wave = (np.sin(2 * np.pi * 200 * t) + 0.5 * np.sin(2 * np.pi * 2_000 * t)).astype(np.float32)
+    out = speed_perturb(wave, factor)
+    assert out.shape == wave.shape and out.dtype == np.float32
+    voiced = int(n / factor) if factor > 1 else n
+    spectrum = np.abs(np.fft.rfft(out[:voiced] * np.hanning(voiced)))
+    freqs = np.fft.rfftfreq(voiced, 1 / rate)
+    low = freqs[np.argmax(spectrum * (freqs < 1_000))]
+    high = freqs[np.argmax(spectrum * (freqs > 1_000))]
+    assert low == pytest.approx(200 * factor, abs=2) and high == pytest.approx(2_000 * factor, abs=2)
+    if factor > 1:
+        assert not out[voiced + 1 :].any()  # faster: the window's tail is silence
+
+
+def test_speed_perturbation_is_off_unless_asked():
+    from ser_edge.train.augment import waveform_log_mel
+
+    config = FeatureConfig()
+    waves = np.stack([np.sin(np.arange(config.n_samples) * 0.05 * (i + 1)).astype(np.float32) for i in range(4)])
+    assert not AugmentConfig(noise_prob=0).touches_waveform
+    chosen, feats = waveform_log_mel(waves, config, AugmentConfig(noise_prob=0, speed_prob=1.0), np.random.default_rng(0))
+    assert list(chosen) == [0, 1, 2, 3]
+    from ser_edge.edge_runtime.features import log_mel
+
+    assert not np.allclose(feats, log_mel(waves, config))
+
+
 def test_utterance_norm_ignores_a_fixed_spectral_envelope():
     from ser_edge.models.parallel import ModelConfig, ParallelModel
 

@@ -1,5 +1,10 @@
 """Train-only augmentation, all switchable and driven by one seeded generator.
 
+* Speed perturbation (optional, off by default): the waveform played faster or slower by a
+  random factor (linear interpolation), which scales every frequency, formants and pitch
+  alike, and the tempo: a cheap simulation of a new speaker, exact in frequency where the
+  log-mel warp below is only approximate. The window keeps its length (zero-filled tail
+  when faster, cut when slower).
 * AWGN: white Gaussian noise added to the waveform at a random SNR, then the edge
   front-end recomputes the log-mel (the same function as inference).
 * Reverberation (optional, off by default): the waveform convolved with a synthetic room
@@ -38,20 +43,22 @@ class AugmentConfig:
     reverb_rt60_s: tuple[float, float] = (0.2, 0.8)
     bandlimit_prob: float = 0.0
     bandlimit_rates: tuple[int, ...] = (8_000, 16_000)
+    speed_prob: float = 0.0
+    speed_range: tuple[float, float] = (0.9, 1.1)
 
     @classmethod
     def off(cls) -> "AugmentConfig":
         return cls(noise_prob=0.0, warp_prob=0.0, freq_masks=0, time_masks=0, mixup_alpha=0.0,
-                   reverb_prob=0.0, bandlimit_prob=0.0)
+                   reverb_prob=0.0, bandlimit_prob=0.0, speed_prob=0.0)
 
     @property
     def touches_waveform(self) -> bool:
-        return self.noise_prob > 0 or self.reverb_prob > 0 or self.bandlimit_prob > 0
+        return self.noise_prob > 0 or self.reverb_prob > 0 or self.bandlimit_prob > 0 or self.speed_prob > 0
 
     @classmethod
     def from_dict(cls, values: dict) -> "AugmentConfig":
         values = dict(values)
-        for key in ("noise_snr_db", "warp_range", "reverb_rt60_s", "bandlimit_rates"):
+        for key in ("noise_snr_db", "warp_range", "reverb_rt60_s", "bandlimit_rates", "speed_range"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -92,19 +99,30 @@ def band_limit(wave: np.ndarray, rate: int, narrow_rate: int) -> np.ndarray:
     return resample_poly(narrow, rate, narrow_rate, RESAMPLE_KAISER_BETA)[: len(wave)]
 
 
+def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
+    """``wave`` played ``factor`` times faster, same length: ``out[t] = wave[t * factor]``."""
+    positions = np.arange(len(wave), dtype=np.float64) * factor
+    return np.interp(positions, np.arange(len(wave)), wave, right=0.0).astype(np.float32)
+
+
 def waveform_log_mel(
     waves: np.ndarray, config: FeatureConfig, aug: AugmentConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reverb / band-limit / AWGN on some rows' waveforms; return (row indices, new log-mel)."""
+    """Speed / reverb / band-limit / AWGN on some rows' waveforms; return (row indices, new log-mel)."""
     n = len(waves)
     reverb = rng.random(n) < aug.reverb_prob
     narrow = rng.random(n) < aug.bandlimit_prob
     noise = rng.random(n) < aug.noise_prob
-    chosen = np.flatnonzero(reverb | narrow | noise)
+    # Drawn only when enabled, so the random stream (and every result) of recipes without
+    # speed perturbation stays what it was.
+    speed = rng.random(n) < aug.speed_prob if aug.speed_prob > 0 else np.zeros(n, bool)
+    chosen = np.flatnonzero(reverb | narrow | noise | speed)
     if len(chosen) == 0:
         return chosen, np.empty((0, config.n_mels, config.n_frames), np.float32)
     out = np.array(waves[chosen], dtype=np.float32)
     for i, row in enumerate(chosen):
+        if speed[row]:
+            out[i] = speed_perturb(out[i], rng.uniform(*aug.speed_range))
         if reverb[row]:
             out[i] = reverberate(out[i], synthetic_rir(rng.uniform(*aug.reverb_rt60_s), config.sample_rate, rng))
         if narrow[row]:

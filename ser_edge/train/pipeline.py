@@ -70,6 +70,12 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": True, "lr": 1e-3},
         "fast + per-utterance mean normalisation",
     ),
+    "fast-cmn-speed": Recipe(
+        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+        AugmentConfig(speed_prob=0.5),
+        {"random_window": True, "lr": 1e-3},
+        "fast-cmn + speed perturbation 0.9-1.1 on half the training windows",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
