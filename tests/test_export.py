@@ -75,6 +75,9 @@ def test_single_file_checker_and_metadata(exported):
     assert FeatureConfig.from_json(meta["feature_config"]) == SMALL_FEATURES
     assert meta["opset"] == "18" and meta["model_name"] == "small-test" and "export_date" in meta
     assert json.loads(meta["provenance"])["split_actors"]["test"] == [1]
+    # No per-node debug records (stack traces with the exporting machine's paths).
+    assert not any(node.metadata_props or node.doc_string for node in model.graph.node)
+    assert b"stack_trace" not in path.read_bytes() and b"site-packages" not in path.read_bytes()
 
 
 def test_runtime_loads_the_export(exported):

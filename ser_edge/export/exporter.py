@@ -136,6 +136,11 @@ def export_onnx(wrapper: ExportWrapper, path: str | os.PathLike, feature_config:
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     model = onnx.load(str(path))
+    # The exporter tags every node with its Python stack trace and module path: a fifth of
+    # the file, and the exporting machine's paths. The shipped graph carries none of it.
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
