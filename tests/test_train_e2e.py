@@ -31,7 +31,7 @@ def small_data(tmp_path_factory) -> Path:
 
 @needs_data
 @pytest.mark.slow
-def test_train_reload_evaluate_export_classify(small_data, tmp_path):
+def test_train_reload_evaluate_export_classify(small_data, tmp_path, monkeypatch):
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     runner = CliRunner()
     result = runner.invoke(main, ["train", str(small_data), "--out", str(run_dir), "--epochs", "2",
@@ -48,11 +48,19 @@ def test_train_reload_evaluate_export_classify(small_data, tmp_path):
     assert len(metrics["history"]) == 2 and metrics["test"]["n"] == 8 * len(split["test"])
     assert any(list(cache.iterdir()))  # features cached on disk
 
-    # Resuming a finished run trains nothing more and reports the same numbers.
+    # Resuming a finished run trains nothing more and reports the same numbers; the config
+    # keeps the code version that trained it and lists the one that resumed it.
+    from ser_edge.train import trainer
+
+    monkeypatch.setattr(trainer, "code_version", lambda: "9.9.9+gresumed")
     again = runner.invoke(main, ["train", str(small_data), "--out", str(run_dir), "--epochs", "2",
                                  "--cache", str(cache), "--quiet", "--seed", "1"])
     assert again.exit_code == 0
     assert json.loads((run_dir / "metrics.json").read_text())["test"] == metrics["test"]
+    resumed = json.loads((run_dir / "config.json").read_text())
+    assert resumed["code_version"] == config["code_version"] != "9.9.9+gresumed"
+    assert resumed["resumed_with_code_versions"] == ["9.9.9+gresumed"]
+    monkeypatch.undo()
 
     evaluated = runner.invoke(main, ["evaluate", str(run_dir), "--cache", str(cache), "--json", str(tmp_path / "eval.json")])
     assert evaluated.exit_code == 0, evaluated.output

@@ -53,6 +53,19 @@ class TrainConfig:
     speaker_adversarial: float = 0.0  # gradient-reversal weight of a training-actor classifier (0 = off)
 
 
+def resumed_config(config: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    """A resumed run's config keeps the code version that started it; any later code
+    version that continued (or re-finished) it is listed in ``resumed_with_code_versions``."""
+    started = previous.get("code_version") or config["code_version"]
+    resumed = list(previous.get("resumed_with_code_versions", []))
+    if config["code_version"] not in (started, *resumed):
+        resumed.append(config["code_version"])
+    out = {**config, "code_version": started}
+    if resumed:
+        out["resumed_with_code_versions"] = resumed
+    return out
+
+
 def code_version() -> str:
     """git describe of the source tree, or the package version outside a checkout."""
     from ser_edge import __version__
@@ -255,7 +268,10 @@ class Trainer:
         seed_everything(self.tc.seed)
         scaler = Scaler.fit(self.fs.features, self.rows["train"])
         scaler.save(self.run_dir / "scaler.npz")
-        (self.run_dir / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
+        config, config_path = self.config_dict(), self.run_dir / "config.json"
+        if (self.run_dir / CHECKPOINT).is_file() and config_path.is_file():
+            config = resumed_config(config, json.loads(config_path.read_text()))
+        config_path.write_text(json.dumps(config, indent=2))
 
         model = build_model(self.mc, self.fc, self.tc.device)
         train_labels = np.array([self.fs.clips[c].label_index for c in np.unique(self.fs.window_clip[self.rows["train"]])])
