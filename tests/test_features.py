@@ -75,6 +75,16 @@ def test_batch_equals_single():
         np.testing.assert_allclose(batch[i], log_mel(clips[i]), atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [2, 64])
+def test_rows_per_pass_do_not_change_the_features(monkeypatch, rows):
+    from ser_edge.edge_runtime import features
+
+    clips = np.stack([speech_like(seed=s) for s in range(5)])
+    default = log_mel(clips)
+    monkeypatch.setattr(features, "LOG_MEL_ROWS", rows)
+    np.testing.assert_array_equal(log_mel(clips), default)
+
+
 def test_tone_lands_in_its_mel_band():
     out = log_mel(tone(1000.0, 3.0, CONFIG.sample_rate))
     fb = mel_filterbank(CONFIG)

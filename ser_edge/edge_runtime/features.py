@@ -164,6 +164,13 @@ def _window(config: FeatureConfig) -> np.ndarray:
     return window
 
 
+# Rows per pass of ``log_mel`` on a batch. Per-row cost on the project's 2-core Xeon (idle,
+# 3 s rows): 3.4 ms one row at a time, 3.6 two, 5.0 four, 6.6 all 24 or 58 at once: a
+# row's complex spectrum (563 x 513) fits the cache, a batch's does not. Results are
+# identical either way (every row is computed independently).
+LOG_MEL_ROWS = 1
+
+
 def log_mel(signal: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
     """Log-mel spectrogram of one clip ``(n,)`` or a batch ``(b, n)`` at ``config.sample_rate``.
 
@@ -174,6 +181,16 @@ def log_mel(signal: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.n
     if signal.ndim not in (1, 2):
         raise ValueError(f"log_mel expects (n,) or (batch, n) samples, got shape {signal.shape}")
     batch = np.atleast_2d(signal)
+    if len(batch) <= LOG_MEL_ROWS:
+        db = _log_mel_rows(batch, config)
+    else:
+        db = np.concatenate([_log_mel_rows(batch[i : i + LOG_MEL_ROWS], config)
+                             for i in range(0, len(batch), LOG_MEL_ROWS)])
+    return db[0] if signal.ndim == 1 else db
+
+
+def _log_mel_rows(batch: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """``(b, n)`` float32 samples -> ``(b, n_mels, frames)`` float32 dB."""
     pad = config.n_fft // 2
     padded = np.pad(batch, ((0, 0), (pad, pad)))
     frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft, axis=-1)
@@ -185,4 +202,4 @@ def log_mel(signal: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.n
     peak = db.max(axis=(1, 2), keepdims=True)
     db -= np.maximum(peak, np.float32(10.0 * np.log10(config.amin)))
     np.maximum(db, np.float32(-config.top_db), out=db)
-    return db[0] if signal.ndim == 1 else db
+    return db
