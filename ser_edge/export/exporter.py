@@ -307,7 +307,8 @@ def load_members(run_dirs: Sequence[str | os.PathLike]) -> tuple[dict[str, Any],
                                        and np.array_equal(run_scaler.scale, scaler.scale)):
             raise ExportError(f"run's scaler differs from {run_dirs[0]}'s (different training data?)", path=str(run_dir))
         configs.append(config)
-        scaler = scaler or run_scaler
+        if scaler is None:
+            scaler = run_scaler
     if not configs:
         raise ExportError("no run folder given")
     return configs[0], configs, scaler
