@@ -314,11 +314,22 @@ def load_members(run_dirs: Sequence[str | os.PathLike]) -> tuple[dict[str, Any],
     return configs[0], configs, scaler
 
 
-def _member_provenance(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+MEMBER_METRICS = ("accuracy", "macro_f1", "uar", "actors")
+
+
+def member_summary(run_dir: Path, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One ensemble member's record: the ONNX provenance and the rebuild's JSON both carry it."""
+    run_dir = Path(run_dir)
+    if config is None:
+        config = json.loads((run_dir / "config.json").read_text())
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return {"run": run_dir.name, "seed": config["train"].get("seed"), "best_epoch": metrics.get("best_epoch"),
-            "val_accuracy": metrics.get("val", {}).get("accuracy")}
+    out = {"run": run_dir.name, "seed": config["train"].get("seed"), "best_epoch": metrics.get("best_epoch"),
+           "epochs_run": metrics.get("epochs_run")}
+    for key, split in (("validation", "val"), ("test_pytorch", "test")):
+        if split in metrics:
+            out[key] = {k: metrics[split].get(k) for k in MEMBER_METRICS}
+    return out
 
 
 def export_run(
@@ -354,7 +365,7 @@ def export_run(
 
     test_window_probs = torch_probabilities(wrapper, np.asarray(fs.features[test_rows]))
     test_summary = _clip_eval(fs, test_rows, test_window_probs, labels)[0]
-    members = [_member_provenance(run_dir, config) for run_dir, config in zip(run_dirs, configs)]
+    members = [member_summary(run_dir, config) for run_dir, config in zip(run_dirs, configs)]
     provenance = {
         "split_actors": split,
         "test_metrics": {k: test_summary[k] for k in ("n", "accuracy", "macro_f1", "uar", "ece")},

@@ -79,18 +79,9 @@ def _wait_any(running: dict[int, subprocess.Popen]) -> tuple[int, int]:
         time.sleep(POLL_S)
 
 
-def member_summary(run_dir: Path) -> dict[str, Any]:
-    config = json.loads((run_dir / "config.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"run": run_dir.name, "seed": config["train"]["seed"], "best_epoch": metrics["best_epoch"],
-            "epochs_run": metrics["epochs_run"],
-            "validation": {k: metrics["val"][k] for k in ("accuracy", "macro_f1", "uar", "actors")},
-            "test_pytorch": {k: metrics["test"][k] for k in ("accuracy", "macro_f1", "uar", "actors")}}
-
-
 def ship(args: argparse.Namespace, members: list[Path], out_dir: Path) -> dict[str, Any]:
     """Export, evaluate and copy into ``out_dir``; return the provenance record."""
-    from ser_edge.export.exporter import export_run
+    from ser_edge.export.exporter import export_run, member_summary
     from ser_edge.train import robustness
     from ser_edge.train.data import scan_dataset
     from ser_edge.train.evaluate import evaluate_conditions, evaluate_onnx
@@ -107,16 +98,15 @@ def ship(args: argparse.Namespace, members: list[Path], out_dir: Path) -> dict[s
     # int8 ships only if it keeps accuracy (test change under 1 point) and is faster.
     if report.int8 and report.int8["passes_bar"] and report.int8["faster_than_fp32"]:
         shipped["int8"] = Path(report.int8["path"])
-    evaluations = {}
-    for kind, path in shipped.items():
-        result = evaluate_onnx(path, args.data, split["test"])
-        evaluations[kind] = {"summary": result.summary, "report": result.report()}
     validation = evaluate_onnx(fp32, args.data, split["val"]).summary
-
     pool = [c.path for c in scan_dataset(args.data).clips if c.actor not in set(split["test"])]
     conditions = {c.name: c.transform for c in robustness.conditions(SNRS_DB, BANDWIDTHS, pool)}
-    robust = {name: ev.summary["accuracy"]
-              for name, ev in evaluate_conditions(fp32, args.data, split["test"], conditions).items()}
+    fp32_conditions = evaluate_conditions(fp32, args.data, split["test"], conditions)
+    robust = {name: ev.summary["accuracy"] for name, ev in fp32_conditions.items()}
+    test_evaluations = {"fp32": fp32_conditions["clean"]}  # the clean condition is the fp32 test report
+    if "int8" in shipped:
+        test_evaluations["int8"] = evaluate_onnx(shipped["int8"], args.data, split["test"])
+    evaluations = {kind: {"summary": ev.summary, "report": ev.report()} for kind, ev in test_evaluations.items()}
     robustness.plot(robust, SNRS_DB, str(out_dir / f"{DEFAULT_NAME}.robustness.png"))
 
     for kind, path in shipped.items():
