@@ -144,3 +144,34 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
                                       "--cache", str(cache)])
     assert mixed.exit_code != 0
     assert "same recipe and actor split" in mixed.output and mixed.output.count("\n") == 1
+
+    # The seed-ensemble CV tool on the same members, seen as fold 0 of two cross-validations.
+    import runpy
+
+    from conftest import REPO
+
+    import shutil
+
+    cv = {name: tmp_path / name for name in ("cv_a", "cv_b", "cv_other")}
+    for name, run in zip(cv, (run_dir / "seed_1", run_dir / "seed_2")):
+        cv[name].mkdir()
+        os.symlink(run, cv[name] / "fold_0")
+    # A fold whose actor split differs (validation and test actors swapped).
+    shutil.copytree(run_dir / "seed_2", cv["cv_other"] / "fold_0")
+    swapped = json.loads((run_dir / "seed_2" / "config.json").read_text())
+    swapped["split"]["val"], swapped["split"]["test"] = swapped["split"]["test"], swapped["split"]["val"]
+    (cv["cv_other"] / "fold_0" / "config.json").write_text(json.dumps(swapped))
+    tool = runpy.run_path(str(REPO / "tools" / "ensemble_eval.py"))
+    report_dir = tmp_path / "cv_report"
+    record = tool["cross_validation"]([cv["cv_a"], cv["cv_b"]], str(small_data), str(cache), report_dir)
+    fold = record["folds"][0]
+    for seed, member in zip((1, 2), fold["members"]):
+        member_metrics = json.loads((run_dir / f"seed_{seed}" / "metrics.json").read_text())
+        assert member["test_accuracy"] == pytest.approx(member_metrics["test"]["accuracy"])
+        assert member["val_accuracy"] == pytest.approx(member_metrics["val"]["accuracy"])
+    assert fold["test"]["actors"] == split["test"] and fold["test"]["n"] == 8 * len(split["test"])
+    assert record["summary"]["test"]["accuracy"] == {"mean": fold["test"]["accuracy"], "std": 0.0}
+    assert f"actors {split['test']}" in (report_dir / "fold_0.report.txt").read_text()
+    assert json.loads((report_dir / "cv_metrics.json").read_text()) == record
+    with pytest.raises(ValueError, match="split the actors differently"):
+        tool["cross_validation"]([cv["cv_a"], cv["cv_other"]], str(small_data), str(cache), report_dir)
