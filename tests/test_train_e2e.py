@@ -108,6 +108,9 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     meta = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
     # The graph and the JSON carry the same member records (one function writes both).
     assert json.loads(meta["provenance"])["members"] == provenance["members"]
+    # Who trained the members and who exported them are both on record.
+    assert provenance["export_code_version"] == json.loads(meta["provenance"])["export_code_version"]
+    assert provenance["export_code_version"].split("+")[0] == provenance["code_version"].split("+")[0]
     assert all(m["validation"]["actors"] == split["val"] for m in provenance["members"])
     # The clean robustness condition is the fp32 test report.
     assert provenance["robustness_test_accuracy"]["clean"] == test_summary["accuracy"]

@@ -231,6 +231,7 @@ class ExportReport:
     ece: dict[str, float]
     test_metrics: dict[str, Any]
     int8: dict[str, Any] | None = None
+    code_version: str = ""  # of the code that exported (the members' own is in their config.json)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -345,7 +346,7 @@ def export_run(
 ) -> ExportReport:
     """Export a run folder (or an ensemble of runs); parity on its test actors; optional int8."""
     from ser_edge import __version__
-    from ser_edge.train.trainer import load_model
+    from ser_edge.train.trainer import code_version, load_model
 
     run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, os.PathLike)) else [Path(r) for r in run_dirs]
     run_config, configs, scaler = load_members(run_dirs)
@@ -370,7 +371,8 @@ def export_run(
         "split_actors": split,
         "test_metrics": {k: test_summary[k] for k in ("n", "accuracy", "macro_f1", "uar", "ece")},
         "data_hash": run_config.get("data_hash", ""),
-        "code_version": run_config.get("code_version", ""),
+        "code_version": run_config.get("code_version", ""),  # what trained the members
+        "export_code_version": code_version(),
         "best_epoch": members[0]["best_epoch"] if len(members) == 1 else [m["best_epoch"] for m in members],
         "members": members,
         "temperature": temperature,
@@ -386,7 +388,8 @@ def export_run(
     parity = check_parity(wrapper, out_path, np.asarray(fs.features[parity_rows]))
     log.info("parity on %d test-actor windows: max |diff| %.2e", len(parity_rows), parity.max_abs_diff)
 
-    report = ExportReport(str(out_path), parity, temperature, ece, provenance["test_metrics"])
+    report = ExportReport(str(out_path), parity, temperature, ece, provenance["test_metrics"],
+                          code_version=provenance["export_code_version"])
     if quantize == "int8":
         report.int8 = quantize_int8(out_path, fs, run_config, labels, test_summary)
     return report

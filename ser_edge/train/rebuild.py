@@ -115,7 +115,8 @@ def ship(args: argparse.Namespace, members: list[Path], out_dir: Path) -> dict[s
     if "int8" not in shipped:
         (out_dir / f"{DEFAULT_NAME}.int8.onnx").unlink(missing_ok=True)
     return {
-        "code_version": config["code_version"],
+        "code_version": config["code_version"],  # what trained the members
+        "export_code_version": report.code_version,
         "torch_version": config["torch_version"],
         "data_hash": config["data_hash"],
         "split": split,
