@@ -76,6 +76,12 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": True, "lr": 1e-3},
         "fast-cmn + speed perturbation 0.9-1.1 on half the training windows",
     ),
+    "fast-cmn-speed-wide": Recipe(
+        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
+        {"random_window": True, "lr": 1e-3},
+        "fast-cmn-speed with a wider speed range, 0.8-1.2 (about the formant gap between speakers of either sex)",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
