@@ -150,10 +150,9 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
 
     # The seed-ensemble CV tool on the same members, seen as fold 0 of two cross-validations.
     import runpy
+    import shutil
 
     from conftest import REPO
-
-    import shutil
 
     cv = {name: tmp_path / name for name in ("cv_a", "cv_b", "cv_other")}
     for name, run in zip(cv, (run_dir / "seed_1", run_dir / "seed_2")):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-SUMMARY_METRICS = ("accuracy", "macro_f1", "uar")
+from ser_edge.train.pipeline import SUMMARY_METRICS, mean_std
 
 
 def ensemble(runs: list[Path], data: str, actors: list[int], cache: str):
@@ -72,9 +72,7 @@ def cross_validation(cv_dirs: list[Path], data: str, cache: str, out: Path) -> d
         members_val = ", ".join(f"{100 * m['val_accuracy']:.1f}" for m in row["members"])
         print(f"{fold}: ensemble val {100 * row['val']['accuracy']:.1f}% / test {100 * row['test']['accuracy']:.1f}% "
               f"(members val {members_val})")
-    summary = {part: {name: {"mean": float(np.mean([r[part][name] for r in results])),
-                             "std": float(np.std([r[part][name] for r in results]))} for name in SUMMARY_METRICS}
-               for part in ("val", "test")}
+    summary = {part: mean_std([r[part] for r in results]) for part in ("val", "test")}
     record = {"cv_dirs": [str(d) for d in cv_dirs], "folds": results, "summary": summary}
     (out / "cv_metrics.json").write_text(json.dumps(record, indent=2))
     for part in ("val", "test"):

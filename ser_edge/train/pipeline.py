@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -151,6 +151,14 @@ def default_split(prepared: Prepared, seed: int) -> Split:
     return split_actors({c.actor for c in prepared.feature_set.clips}, seed=seed)
 
 
+def mean_std(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean and (population) std over folds of each of ``SUMMARY_METRICS``."""
+    return {
+        name: {"mean": float(np.mean([s[name] for s in summaries])), "std": float(np.std([s[name] for s in summaries]))}
+        for name in SUMMARY_METRICS
+    }
+
+
 def cross_validate(
     prepared: Prepared,
     folds: int,
@@ -182,13 +190,7 @@ def cross_validate(
             return None
         metrics = json.loads(metrics_path.read_text())
         results.append({"fold": k, "split": split.to_dict(), "test": metrics["test"], "best_epoch": metrics["best_epoch"]})
-    summary = {
-        name: {
-            "mean": float(np.mean([r["test"][name] for r in results])),
-            "std": float(np.std([r["test"][name] for r in results])),
-        }
-        for name in SUMMARY_METRICS
-    }
+    summary = mean_std([r["test"] for r in results])
     out = {"folds": results, "summary": summary, "data_hash": prepared.data_hash}
     (out_dir / "cv_metrics.json").write_text(json.dumps(out, indent=2))
     return out
