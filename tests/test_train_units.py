@@ -335,6 +335,38 @@ def test_speaker_adversarial_mixup_training_runs_and_resumes(tmp_path):
 
 
 
+def test_weight_ema_is_what_validation_judges_and_it_resumes(tmp_path):
+    from ser_edge.train.data import Clip, Split
+    from ser_edge.train.trainer import BEST_WEIGHTS, CHECKPOINT, TrainConfig, Trainer
+
+    fc = SMALL_FEATURES
+    mc = small_model_config(utterance_norm=True)
+    clips = [Clip(f"{a}-{e}.wav", 3, 1, e, 1, 1, 1, a) for a in (1, 2, 3, 4, 5) for e in range(1, 9)]
+    features = np.random.default_rng(0).normal(-40, 10, (len(clips), 32, fc.n_frames)).astype(np.float32)
+    fs = FeatureSet(clips, features, None, np.arange(len(clips)), np.zeros(len(clips)))
+    split = Split(train=(1, 2, 3), val=(4,), test=(5,))
+
+    def train(run_dir, epochs, decay):
+        tc = TrainConfig(epochs=epochs, batch_size=8, threads=1, ema_decay=decay)
+        Trainer(run_dir, fs, split, feature_config=fc, train_config=tc, model_config=mc,
+                augment=AugmentConfig.off()).run()
+        return (torch.load(run_dir / BEST_WEIGHTS, weights_only=True)["model"],
+                torch.load(run_dir / CHECKPOINT, weights_only=False))
+
+    # One epoch: the best weights are the averaged model's, not the last step's.
+    best, saved = train(tmp_path / "one", 1, 0.9)
+    averaged = {k.removeprefix("module."): v for k, v in saved["ema"].items() if k.startswith("module.")}
+    assert averaged.keys() == best.keys()
+    assert all(torch.equal(best[k], averaged[k]) for k in best)
+    assert not all(torch.equal(best[k], saved["model"][k]) for k in best)
+    assert int(saved["ema"]["n_averaged"]) == 3  # 24 training clips / batch 8 = 3 steps
+    # Two epochs at once == one epoch, then resumed for the second (the average is restored).
+    straight, _ = train(tmp_path / "straight", 2, 0.9)
+    train(tmp_path / "resumed", 1, 0.9)
+    resumed, _ = train(tmp_path / "resumed", 2, 0.9)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
 def test_feature_cache_hits_across_path_spellings_and_rewrites_atomically(tmp_path, monkeypatch):
     import os
 
