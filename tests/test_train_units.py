@@ -419,3 +419,18 @@ def test_cli_split_seed_defaults_to_seed_and_is_separate(monkeypatch, tmp_path):
         result = runner.invoke(main, ["train", str(tmp_path), "--folds", "5", "--seed", "3", "--quiet", *extra])
         assert result.exit_code == 0, result.output
         assert seen[-1] == want
+
+
+def test_evaluation_only_keeps_the_rows_of_the_chosen_actors():
+    from ser_edge.train.evaluate import Evaluation
+
+    probs = np.eye(4, 8)
+    ev = Evaluation([3, 7], ("a",) * 8, np.array([0, 1, 2, 0]), probs, [], np.array([3, 7, 3, 7]))
+    three = ev.only([3])
+    assert three.actors == [3] and three.y_true.tolist() == [0, 2]
+    np.testing.assert_array_equal(three.probabilities, probs[[0, 2]])
+    assert three.summary["accuracy"] == 1.0 and ev.only([7]).summary["accuracy"] == 0.5
+    with pytest.raises(ValueError, match=r"actors \[5\] were not evaluated"):
+        ev.only([5])
+    with pytest.raises(ValueError, match="does not record"):
+        dataclasses.replace(ev, clip_actors=None).only([3])

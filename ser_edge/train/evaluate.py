@@ -27,6 +27,19 @@ class Evaluation:
     y_true: np.ndarray
     probabilities: np.ndarray
     skipped: list[str]
+    clip_actors: np.ndarray | None = None  # the actor of each evaluated clip, row for row
+
+    def only(self, actors: Iterable[int]) -> "Evaluation":
+        """The same evaluation restricted to the clips of ``actors``."""
+        if self.clip_actors is None:
+            raise ValueError("this evaluation does not record each clip's actor")
+        wanted = sorted(set(actors))
+        missing = sorted(set(wanted) - set(self.actors))
+        if missing:
+            raise ValueError(f"actors {missing} were not evaluated (evaluated: {self.actors})")
+        keep = np.isin(self.clip_actors, wanted)
+        return dataclasses.replace(self, actors=wanted, y_true=self.y_true[keep],
+                                   probabilities=self.probabilities[keep], clip_actors=self.clip_actors[keep])
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -83,6 +96,7 @@ def evaluate_conditions(
     clips = select_clips(data_dir, actors)
     label_index = {label: i for i, label in enumerate(classifier.labels)}
     y: dict[str, list[int]] = {name: [] for name in conditions}
+    owners: dict[str, list[int]] = {name: [] for name in conditions}
     probs: dict[str, list[list[float]]] = {name: [] for name in conditions}
     skipped: dict[str, list[str]] = {name: [] for name in conditions}
     for clip in clips:
@@ -102,10 +116,12 @@ def evaluate_conditions(
                 skipped[name].append(str(exc))
                 continue
             y[name].append(label_index[clip.label])
+            owners[name].append(clip.actor)
             probs[name].append([prediction.probabilities[label] for label in classifier.labels])
     evaluated = sorted({c.actor for c in clips})
     return {
-        name: Evaluation(evaluated, classifier.labels, np.array(y[name]), np.array(probs[name]), skipped[name])
+        name: Evaluation(evaluated, classifier.labels, np.array(y[name]), np.array(probs[name]), skipped[name],
+                         np.array(owners[name], dtype=np.int64))
         for name in conditions
     }
 
@@ -126,4 +142,5 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, actors
     model = load_model(run_dir, feature_config)
     window_probs = predict_windows(model, fs.features, rows, Scaler.load(run_dir / "scaler.npz"), "cpu")
     probs, y = clip_level(fs, rows, window_probs)
-    return Evaluation(sorted({c.actor for c in fs.clips}), tuple(config.get("labels", LABELS)), y, probs, [])
+    clip_actors = np.array([fs.clips[c].actor for c in np.unique(fs.window_clip[rows])], dtype=np.int64)
+    return Evaluation(sorted({c.actor for c in fs.clips}), tuple(config.get("labels", LABELS)), y, probs, [], clip_actors)
