@@ -111,6 +111,7 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     # Who trained the members and who exported them are both on record.
     assert provenance["export_code_version"] == json.loads(meta["provenance"])["export_code_version"]
     assert provenance["export_code_version"].split("+")[0] == provenance["code_version"].split("+")[0]
+    assert "code_version" not in provenance["export"]  # said once, at the top level
     assert all(m["validation"]["actors"] == split["val"] for m in provenance["members"])
     # The clean robustness condition is the fp32 test report.
     assert provenance["robustness_test_accuracy"]["clean"] == test_summary["accuracy"]

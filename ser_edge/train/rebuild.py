@@ -123,7 +123,7 @@ def ship(args: argparse.Namespace, members: list[Path], out_dir: Path) -> dict[s
         "recipe": {k: config[k] for k in ("train", "model", "augment")},
         "members": [member_summary(run) for run in members],
         "validation_edge_runtime": {k: validation[k] for k in ("accuracy", "macro_f1", "uar", "actors")},
-        "export": report.to_dict(),
+        "export": {k: v for k, v in report.to_dict().items() if k != "code_version"},  # top level has it
         "test_edge_runtime": evaluations,
         "robustness_test_accuracy": robust,
         "shipped": sorted(shipped),
