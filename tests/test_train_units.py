@@ -307,19 +307,24 @@ def test_grad_reverse_flips_and_scales_the_gradient():
     torch.testing.assert_close(x.grad, torch.full_like(x, -0.3))
 
 
+def _random_feature_set():
+    """Random log-mels of 5 actors x 8 emotions (one window each), split 3/1/1 actors."""
+    from ser_edge.train.data import Clip, Split
+
+    clips = [Clip(f"{a}-{e}.wav", 3, 1, e, 1, 1, 1, a) for a in (1, 2, 3, 4, 5) for e in range(1, 9)]
+    features = np.random.default_rng(0).normal(-40, 10, (len(clips), 32, SMALL_FEATURES.n_frames)).astype(np.float32)
+    fs = FeatureSet(clips, features, None, np.arange(len(clips)), np.zeros(len(clips)))
+    return fs, Split(train=(1, 2, 3), val=(4,), test=(5,))
+
+
 def test_speaker_adversarial_mixup_training_runs_and_resumes(tmp_path):
     import json
 
-    from ser_edge.train.data import Clip, Split
     from ser_edge.train.trainer import CHECKPOINT, TrainConfig, Trainer
 
     fc = SMALL_FEATURES
     mc = small_model_config(utterance_norm=True, conv_time_pool="stats")
-    clips = [Clip(f"{a}-{e}.wav", 3, 1, e, 1, 1, 1, a) for a in (1, 2, 3, 4, 5) for e in range(1, 9)]
-    rng = np.random.default_rng(0)
-    features = rng.normal(-40, 10, (len(clips), 32, fc.n_frames)).astype(np.float32)
-    fs = FeatureSet(clips, features, None, np.arange(len(clips)), np.zeros(len(clips)))
-    split = Split(train=(1, 2, 3), val=(4,), test=(5,))
+    fs, split = _random_feature_set()
     tc = TrainConfig(epochs=1, batch_size=8, speaker_adversarial=0.5, threads=1)
     aug = dataclasses.replace(AugmentConfig.off(), mixup_alpha=0.4)
     trainer = Trainer(tmp_path, fs, split, feature_config=fc, train_config=tc, model_config=mc, augment=aug)
@@ -336,15 +341,11 @@ def test_speaker_adversarial_mixup_training_runs_and_resumes(tmp_path):
 
 
 def test_weight_ema_is_what_validation_judges_and_it_resumes(tmp_path):
-    from ser_edge.train.data import Clip, Split
     from ser_edge.train.trainer import BEST_WEIGHTS, CHECKPOINT, TrainConfig, Trainer
 
     fc = SMALL_FEATURES
     mc = small_model_config(utterance_norm=True)
-    clips = [Clip(f"{a}-{e}.wav", 3, 1, e, 1, 1, 1, a) for a in (1, 2, 3, 4, 5) for e in range(1, 9)]
-    features = np.random.default_rng(0).normal(-40, 10, (len(clips), 32, fc.n_frames)).astype(np.float32)
-    fs = FeatureSet(clips, features, None, np.arange(len(clips)), np.zeros(len(clips)))
-    split = Split(train=(1, 2, 3), val=(4,), test=(5,))
+    fs, split = _random_feature_set()
 
     def train(run_dir, epochs, decay):
         tc = TrainConfig(epochs=epochs, batch_size=8, threads=1, ema_decay=decay)
