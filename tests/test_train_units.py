@@ -435,3 +435,14 @@ def test_evaluation_only_keeps_the_rows_of_the_chosen_actors():
         ev.only([5])
     with pytest.raises(ValueError, match="does not record"):
         dataclasses.replace(ev, clip_actors=None).only([3])
+
+
+def test_a_failed_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
+    from ser_edge.train.trainer import save_atomic
+
+    path = tmp_path / "checkpoint.pt"
+    save_atomic({"epoch": 1}, path)
+    with pytest.raises(Exception):
+        save_atomic({"epoch": 2, "unpicklable": lambda: None}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]

@@ -99,6 +99,17 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return (weights / weights.mean()).astype(np.float32)
 
 
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename over ``path``: a run killed while
+    saving keeps its previous checkpoint instead of a truncated one."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -355,11 +366,12 @@ class Trainer:
                 )
             if val["loss"] < state["best_loss"]:
                 state.update(best_loss=val["loss"], best_epoch=epoch, stale=0)
-                torch.save({"model": scored.state_dict(), "model_config": dataclasses.asdict(self.mc)}, self.run_dir / BEST_WEIGHTS)
+                save_atomic({"model": scored.state_dict(), "model_config": dataclasses.asdict(self.mc)},
+                            self.run_dir / BEST_WEIGHTS)
             else:
                 state["stale"] += 1
             state["epoch"] = epoch
-            torch.save(
+            save_atomic(
                 {
                     "model": model.state_dict(),
                     "adversary": adversary.state_dict() if adversary is not None else None,
