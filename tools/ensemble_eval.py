@@ -61,9 +61,10 @@ def cross_validation(cv_dirs: list[Path], data: str, cache: str, out: Path) -> d
         if any(s != splits[0] for s in splits):
             raise ValueError(f"{fold}: the folders split the actors differently")
         row = {"fold": int(fold.split("_")[1]), "split": splits[0], "members": [{"run": str(r)} for r in runs]}
-        both = ensemble(runs, data, [*splits[0]["val"], *splits[0]["test"]], cache)  # one pass per member
+        # One evaluation per member on the validation and test actors together, split below.
+        all_members, all_ens = ensemble(runs, data, [*splits[0]["val"], *splits[0]["test"]], cache)
         for part in ("val", "test"):
-            members, ens = [ev.only(splits[0][part]) for ev in both[0]], both[1].only(splits[0][part])
+            members, ens = [ev.only(splits[0][part]) for ev in all_members], all_ens.only(splits[0][part])
             row[part] = _brief(ens.summary)
             for record, ev in zip(row["members"], members):
                 record[f"{part}_accuracy"] = ev.summary["accuracy"]
