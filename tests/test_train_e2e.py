@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -178,3 +179,9 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     assert json.loads((report_dir / "cv_metrics.json").read_text()) == record
     with pytest.raises(ValueError, match="split the actors differently"):
         tool["cross_validation"]([cv["cv_a"], cv["cv_other"]], str(small_data), str(cache), report_dir)
+    # Denser windows: the same clips, more windows per clip longer than 3 s, so other
+    # averaged probabilities (every clip here lasts 3.2-4.0 s).
+    _, coarse = tool["ensemble"]([run_dir / "seed_1"], str(small_data), list(split["test"]), str(cache))
+    _, dense = tool["ensemble"]([run_dir / "seed_1"], str(small_data), list(split["test"]), str(cache), 0.25)
+    np.testing.assert_array_equal(dense.y_true, coarse.y_true)
+    assert not np.allclose(dense.probabilities, coarse.probabilities, atol=1e-4)

@@ -13,6 +13,9 @@ one recipe with different seeds; every fold they share must have the same actor 
 Per fold, the ensemble is evaluated on the fold's validation and test actors; written to
 ``--cv-out``: ``fold_k.report.txt`` (the test actors' per-class report) and
 ``cv_metrics.json`` (per fold: ensemble and member summaries; mean +- std over folds).
+
+``--hop S`` evaluates with windows every S seconds on clips longer than one window
+(default: the runtime's ``DEFAULT_HOP_S``).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ser_edge.edge_runtime.audio import DEFAULT_HOP_S
 from ser_edge.train.pipeline import SUMMARY_METRICS, mean_std
 
 
-def ensemble(runs: list[Path], data: str, actors: list[int], cache: str):
+def ensemble(runs: list[Path], data: str, actors: list[int], cache: str, hop_s: float = DEFAULT_HOP_S):
     """(member Evaluations, ensemble Evaluation) on ``actors``; ValueError on a misuse."""
     from ser_edge.train.evaluate import evaluate_run
 
@@ -35,7 +39,7 @@ def ensemble(runs: list[Path], data: str, actors: list[int], cache: str):
         split = json.loads((run / "config.json").read_text())["split"]
         if set(actors) & set(split["train"]):
             raise ValueError(f"{run}: actors {sorted(set(actors) & set(split['train']))} were training actors")
-    members = [evaluate_run(run, data, actors, cache_dir=cache) for run in runs]
+    members = [evaluate_run(run, data, actors, cache_dir=cache, hop_s=hop_s) for run in runs]
     for run, ev in zip(runs, members):
         if not np.array_equal(ev.y_true, members[0].y_true):
             raise ValueError(f"{run}: evaluated a different clip list")
@@ -47,7 +51,7 @@ def _brief(summary: dict) -> dict:
     return {k: summary[k] for k in ("n", *SUMMARY_METRICS, "ece", "actors")}
 
 
-def cross_validation(cv_dirs: list[Path], data: str, cache: str, out: Path) -> dict:
+def cross_validation(cv_dirs: list[Path], data: str, cache: str, out: Path, hop_s: float = DEFAULT_HOP_S) -> dict:
     """Evaluate the seed ensemble on every shared fold; write the reports into ``out``."""
     shared = set.intersection(*({p.parent.name for p in d.glob("fold_*/metrics.json")} for d in cv_dirs))
     folds = sorted(shared, key=lambda name: int(name.split("_")[1]))
@@ -62,7 +66,7 @@ def cross_validation(cv_dirs: list[Path], data: str, cache: str, out: Path) -> d
             raise ValueError(f"{fold}: the folders split the actors differently")
         row = {"fold": int(fold.split("_")[1]), "split": splits[0], "members": [{"run": str(r)} for r in runs]}
         # One evaluation per member on the validation and test actors together, split below.
-        all_members, all_ens = ensemble(runs, data, [*splits[0]["val"], *splits[0]["test"]], cache)
+        all_members, all_ens = ensemble(runs, data, [*splits[0]["val"], *splits[0]["test"]], cache, hop_s)
         for part in ("val", "test"):
             members, ens = [ev.only(splits[0][part]) for ev in all_members], all_ens.only(splits[0][part])
             row[part] = _brief(ens.summary)
@@ -75,7 +79,7 @@ def cross_validation(cv_dirs: list[Path], data: str, cache: str, out: Path) -> d
         print(f"{fold}: ensemble val {100 * row['val']['accuracy']:.1f}% / test {100 * row['test']['accuracy']:.1f}% "
               f"(members val {members_val})")
     summary = {part: mean_std([r[part] for r in results]) for part in ("val", "test")}
-    record = {"cv_dirs": [str(d) for d in cv_dirs], "folds": results, "summary": summary}
+    record = {"cv_dirs": [str(d) for d in cv_dirs], "hop_s": hop_s, "folds": results, "summary": summary}
     (out / "cv_metrics.json").write_text(json.dumps(record, indent=2))
     for part in ("val", "test"):
         s = summary[part]
@@ -92,14 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--actors", help="comma-separated actor numbers (positional: run folders)")
     mode.add_argument("--cv-out", help="report folder (positional: cross-validation folders)")
     parser.add_argument("--cache", default=".cache/ser-edge")
+    parser.add_argument("--hop", type=float, default=DEFAULT_HOP_S,
+                        help=f"seconds between windows on clips longer than one (default {DEFAULT_HOP_S}, the runtime's)")
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args(argv)
     try:
         if args.cv_out:
-            cross_validation(args.runs, args.data, args.cache, Path(args.cv_out))
+            cross_validation(args.runs, args.data, args.cache, Path(args.cv_out), args.hop)
             return 0
         actors = [int(a) for a in args.actors.split(",")]
-        members, ens = ensemble(args.runs, args.data, actors, args.cache)
+        members, ens = ensemble(args.runs, args.data, actors, args.cache, args.hop)
     except ValueError as exc:
         parser.error(str(exc))
     for run, ev in zip(args.runs, members):

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ser_edge.edge_runtime.audio import DEFAULT_HOP_S
 from ser_edge.edge_runtime.errors import SerEdgeError
 from ser_edge.train import metrics
 from ser_edge.train.data import LABELS, Clip, DatasetError, scan_dataset
@@ -126,8 +127,12 @@ def evaluate_conditions(
     }
 
 
-def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, actors: Iterable[int] | None, *, cache_dir=None) -> Evaluation:
-    """Evaluate a run's best PyTorch weights (scaler applied) on the given actors."""
+def evaluate_run(
+    run_dir: str | os.PathLike, data_dir: str | os.PathLike, actors: Iterable[int] | None, *,
+    cache_dir=None, hop_s: float = DEFAULT_HOP_S,
+) -> Evaluation:
+    """Evaluate a run's best PyTorch weights (scaler applied) on the given actors, with
+    windows every ``hop_s`` seconds on clips longer than one window."""
     from ser_edge.edge_runtime.features import FeatureConfig
     from ser_edge.train.data import data_hash, load_feature_set
     from ser_edge.train.scaler import Scaler
@@ -137,7 +142,7 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, actors
     config = json.loads((run_dir / "config.json").read_text())
     feature_config = FeatureConfig.from_dict(config["features"])
     clips = select_clips(data_dir, actors)
-    fs = load_feature_set(clips, feature_config, cache_dir=cache_dir, content_hash=data_hash(clips, data_dir))
+    fs = load_feature_set(clips, feature_config, cache_dir=cache_dir, content_hash=data_hash(clips, data_dir), hop_s=hop_s)
     rows = np.arange(len(fs.window_clip))
     model = load_model(run_dir, feature_config)
     window_probs = predict_windows(model, fs.features, rows, Scaler.load(run_dir / "scaler.npz"), "cpu")
