@@ -229,7 +229,11 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
     if folds:
         if only_fold is not None and only_fold >= folds:
             raise _fail(f"--only-fold {only_fold} is not below --folds {folds}", EXIT_USAGE)
-        out = pipeline.cross_validate(prepared, folds, out_dir, seed=split_seed, actors=present, only_fold=only_fold, **kwargs)
+        try:
+            out = pipeline.cross_validate(prepared, folds, out_dir, seed=split_seed, actors=present, only_fold=only_fold,
+                                          **kwargs)
+        except SerEdgeError as exc:
+            raise _fail(str(exc)) from None
         if out is None:
             click.echo(f"fold {only_fold} done; the summary is written when every fold is done")
             return
@@ -238,7 +242,10 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         return
     split = split_actors(present, seed=split_seed)
     click.echo(f"actors: train {list(split.train)}, val {list(split.val)}, test {list(split.test)}")
-    metrics = pipeline.train_split(prepared, split, out_dir, **kwargs)
+    try:
+        metrics = pipeline.train_split(prepared, split, out_dir, **kwargs)
+    except SerEdgeError as exc:
+        raise _fail(str(exc)) from None
     click.echo((Path(out_dir) / "report.txt").read_text())
     click.echo(f"run folder: {out_dir} (best epoch {metrics['best_epoch']} of {metrics['epochs_run']})")
 

@@ -62,6 +62,13 @@ def test_train_reload_evaluate_export_classify(small_data, tmp_path, monkeypatch
     assert resumed["code_version"] == config["code_version"] != "9.9.9+gresumed"
     assert resumed["resumed_with_code_versions"] == ["9.9.9+gresumed"]
     monkeypatch.undo()
+    # Resuming with another recipe is refused in one line, and the run is left as it was.
+    other = runner.invoke(main, ["train", str(small_data), "--out", str(run_dir), "--epochs", "2",
+                                 "--cache", str(cache), "--quiet", "--seed", "1", "--ema-decay", "0.5"])
+    assert other.exit_code == 1
+    assert f"error: {run_dir}: holds another run (different train.ema_decay)" in other.output
+    assert "Traceback" not in other.output
+    assert json.loads((run_dir / "config.json").read_text()) == resumed
 
     evaluated = runner.invoke(main, ["evaluate", str(run_dir), "--cache", str(cache), "--json", str(tmp_path / "eval.json")])
     assert evaluated.exit_code == 0, evaluated.output

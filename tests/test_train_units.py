@@ -368,6 +368,34 @@ def test_weight_ema_is_what_validation_judges_and_it_resumes(tmp_path):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+def test_resuming_another_recipe_or_split_fails_before_the_run_is_touched(tmp_path):
+    from ser_edge.train.data import Split
+    from ser_edge.train.trainer import ResumeMismatchError, TrainConfig, Trainer, config_changes
+
+    fc, mc = SMALL_FEATURES, small_model_config(utterance_norm=True)
+    fs, split = _random_feature_set()
+    tc = TrainConfig(epochs=1, batch_size=8, threads=1)
+
+    def trainer(train_config=tc, run_split=split):
+        return Trainer(tmp_path, fs, run_split, feature_config=fc, train_config=train_config, model_config=mc,
+                       augment=AugmentConfig.off())
+
+    trainer().run()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for other, changed in ((trainer(dataclasses.replace(tc, ema_decay=0.9)), "train.ema_decay"),
+                           (trainer(run_split=Split(train=(1, 2, 4), val=(3,), test=(5,))), "split.train")):
+        with pytest.raises(ResumeMismatchError, match=changed) as caught:
+            other.run()
+        assert caught.value.path == str(tmp_path)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing overwritten
+    # Where it runs and how long it may run are not the recipe: those resume.
+    assert trainer(dataclasses.replace(tc, epochs=2, threads=2, early_stop_patience=3)).check_resumable() is not None
+    # An older run's config lacks options added since; they are not compared.
+    config = trainer().config_dict()
+    older = {**config, "train": {k: v for k, v in config["train"].items() if k != "ema_decay"}}
+    assert config_changes(config, older) == []
+
+
 def test_feature_cache_hits_across_path_spellings_and_rewrites_atomically(tmp_path, monkeypatch):
     import os
 

@@ -145,19 +145,20 @@ def train_split(
     augment: AugmentConfig,
     progress: bool = True,
 ) -> dict[str, Any]:
-    trainer = Trainer(
+    return make_trainer(prepared, split, run_dir, feature_config=feature_config, train_config=train_config,
+                        model_config=model_config, augment=augment, progress=progress).run()
+
+
+def make_trainer(prepared: Prepared, split: Split, run_dir: str | os.PathLike, **kwargs) -> Trainer:
+    """The Trainer of one run folder (``kwargs``: train_split's keyword arguments)."""
+    return Trainer(
         run_dir,
         prepared.feature_set,
         split,
-        feature_config=feature_config,
-        train_config=train_config,
-        model_config=model_config,
-        augment=augment,
         data_hash=prepared.data_hash,
         data_root=prepared.root,
-        progress=progress,
+        **kwargs,
     )
-    return trainer.run()
 
 
 def default_split(prepared: Prepared, seed: int) -> Split:
@@ -193,7 +194,9 @@ def cross_validate(
     out_dir.mkdir(parents=True, exist_ok=True)
     for k, split in enumerate(splits):
         done = (out_dir / f"fold_{k}" / "metrics.json").is_file()
-        if (only_fold is None or k == only_fold) and not done:
+        if done:  # a finished fold is summarised, not retrained: it must be a run of this recipe
+            make_trainer(prepared, split, out_dir / f"fold_{k}", **kwargs).check_resumable()
+        elif only_fold is None or k == only_fold:
             log.info("fold %d/%d: test actors %s, val actors %s", k + 1, folds, split.test, split.val)
             train_split(prepared, split, out_dir / f"fold_{k}", **kwargs)
     results = []

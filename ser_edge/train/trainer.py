@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ser_edge.edge_runtime.errors import SerEdgeError
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig, ParallelModel
 from ser_edge.train import metrics
@@ -56,6 +57,35 @@ class TrainConfig:
     # saved best weights all use the averaged model. 0.99 averages over about 100 steps,
     # i.e. about 4 epochs of 14 training actors (27 batches of 32 clips each).
     ema_decay: float = 0.0
+
+
+# Config entries a resumed run may change: where things run and how long, not what is learned.
+RESUMABLE_CHANGES = frozenset({
+    "code_version", "resumed_with_code_versions", "torch_version", "data_root",
+    "train.epochs", "train.early_stop_patience", "train.threads", "train.device",
+})
+
+
+class ResumeMismatchError(SerEdgeError):
+    """The run folder holds a checkpoint of a run with another recipe, split or data."""
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(config: dict[str, Any], previous: dict[str, Any]) -> list[str]:
+    """Entries (dotted names) whose value differs between a new run's config and the one it
+    would resume, other than ``RESUMABLE_CHANGES``. Entries only one side has are not
+    compared: an older run's config lacks options added since, which default to off."""
+    new, old = (_flatten(json.loads(json.dumps(c))) for c in (config, previous))  # tuples -> lists, as saved
+    return sorted(k for k in new.keys() & old.keys() if k not in RESUMABLE_CHANGES and new[k] != old[k])
 
 
 def resumed_config(config: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +230,20 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------
 
+    def check_resumable(self) -> dict[str, Any] | None:
+        """The config of the run already in ``run_dir`` (None when there is none), once it is
+        checked that this trainer would continue that run: same recipe, split and data."""
+        config_path = self.run_dir / "config.json"
+        if not config_path.is_file():
+            return None
+        previous = json.loads(config_path.read_text())
+        changed = config_changes(self.config_dict(), previous)
+        if changed:
+            raise ResumeMismatchError(
+                f"holds another run (different {', '.join(changed)}); "
+                "train into a new --out folder, or delete this one to start over", path=str(self.run_dir))
+        return previous
+
     def config_dict(self) -> dict[str, Any]:
         return {
             "train": dataclasses.asdict(self.tc),
@@ -292,11 +336,13 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(self.tc.threads or os.cpu_count() or 1)
         seed_everything(self.tc.seed)
+        config, config_path = self.config_dict(), self.run_dir / "config.json"
+        if (self.run_dir / CHECKPOINT).is_file():
+            previous = self.check_resumable()  # before anything in the folder is overwritten
+            if previous is not None:
+                config = resumed_config(config, previous)
         scaler = Scaler.fit(self.fs.features, self.rows["train"])
         scaler.save(self.run_dir / "scaler.npz")
-        config, config_path = self.config_dict(), self.run_dir / "config.json"
-        if (self.run_dir / CHECKPOINT).is_file() and config_path.is_file():
-            config = resumed_config(config, json.loads(config_path.read_text()))
         config_path.write_text(json.dumps(config, indent=2))
 
         model = build_model(self.mc, self.fc, self.tc.device)
