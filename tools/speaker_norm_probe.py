@@ -58,16 +58,17 @@ def normalise(stats: np.ndarray, actors: np.ndarray, labels: np.ndarray, variant
     return out
 
 
-def fold_accuracy(features, labels, actors, split, scored) -> float:
+def fold_predictions(features, labels, actors, split) -> tuple[np.ndarray, np.ndarray]:
+    """Fit on the fold's training and validation actors; return (test-actor rows, predictions)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     fit = np.isin(actors, split.train + split.val)
-    test = np.isin(actors, split.test) & scored
+    test = np.flatnonzero(np.isin(actors, split.test))
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=5000))
     probe.fit(features[fit], labels[fit])
-    return float((probe.predict(features[test]) == labels[test]).mean())
+    return test, probe.predict(features[test])
 
 
 def main(argv=None) -> None:
@@ -90,13 +91,17 @@ def main(argv=None) -> None:
     splits = kfold_splits(sorted(set(actors)), args.folds, seed=args.split_seed)
     everything = np.ones(len(labels), dtype=bool)
     not_enrolment = ~np.isin(labels, ENROLMENT_EMOTIONS)
-    for variant, scored in (("none", everything), ("none", not_enrolment),
-                            ("enrol-neutral", not_enrolment), ("all-clips", everything)):
+    every, not_enrol = "all 8 emotions", "6 emotions (not neutral/calm)"
+    subsets = {every: everything, not_enrol: not_enrolment}
+    # Each variant is fitted once per fold, then scored on the subsets where it means something:
+    # enrolment-normalised neutral/calm clips would be scored against their own reference.
+    for variant, scored_on in (("none", (every, not_enrol)), ("enrol-neutral", (not_enrol,)), ("all-clips", (every,))):
         features = normalise(stats, actors, labels, variant)
-        accs = [fold_accuracy(features, labels, actors, split, scored) for split in splits]
-        subset = "all 8 emotions" if scored is everything else "6 emotions (not neutral/calm)"
-        print(f"{variant:14s} scored on {subset:29s} folds {' '.join(f'{a:.3f}' for a in accs)}"
-              f"  mean {np.mean(accs):.3f}")
+        folds = [fold_predictions(features, labels, actors, split) for split in splits]
+        for subset in scored_on:
+            accs = [float((predicted == labels[rows])[subsets[subset][rows]].mean()) for rows, predicted in folds]
+            print(f"{variant:14s} scored on {subset:29s} folds {' '.join(f'{a:.3f}' for a in accs)}"
+                  f"  mean {np.mean(accs):.3f}")
 
 
 if __name__ == "__main__":
