@@ -172,15 +172,27 @@ def test_cross_validate_summary_and_single_folds(tmp_path, monkeypatch):
         (run_dir / "metrics.json").write_text(__import__("json").dumps(result))
         return result
 
+    from ser_edge.train.trainer import ResumeMismatchError, TrainConfig
+
+    kwargs = dict(feature_config=SMALL_FEATURES, train_config=TrainConfig(), model_config=small_model_config(),
+                  augment=AugmentConfig.off())
     monkeypatch.setattr(pipeline, "train_split", fake_train)
-    assert pipeline.cross_validate(prepared, 5, tmp_path, seed=0, only_fold=1) is None
+    assert pipeline.cross_validate(prepared, 5, tmp_path, seed=0, only_fold=1, **kwargs) is None
     assert len(calls) == 1 and calls[0] == kfold_splits(ACTORS, 5, seed=0)[1]
-    out = pipeline.cross_validate(prepared, 5, tmp_path, seed=0)
+    out = pipeline.cross_validate(prepared, 5, tmp_path, seed=0, **kwargs)
     assert len(calls) == 5  # fold 1 was finished: not trained again
     accs = [f["test"]["accuracy"] for f in out["folds"]]
     assert out["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
     assert out["summary"]["accuracy"]["std"] == pytest.approx(np.std(accs))
     assert (tmp_path / "cv_metrics.json").is_file()
+    # A finished fold of another recipe is not summarised as this one's.
+    fold_2 = tmp_path / "fold_2"
+    other = pipeline.make_trainer(prepared, kfold_splits(ACTORS, 5, seed=0)[2], fold_2,
+                                  **{**kwargs, "train_config": TrainConfig(ema_decay=0.9)})
+    (fold_2 / "config.json").write_text(__import__("json").dumps(other.config_dict()))
+    with pytest.raises(ResumeMismatchError, match="fold_2: .*train.ema_decay"):
+        pipeline.cross_validate(prepared, 5, tmp_path, seed=0, **kwargs)
+    assert len(calls) == 5
 
 
 def test_synthetic_rir_decays_at_rt60():
