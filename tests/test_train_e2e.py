@@ -107,6 +107,9 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     provenance = json.loads((out_dir / "ser_edge_default.json").read_text())
     assert [m["seed"] for m in provenance["members"]] == [1, 2]
     assert all(m["epochs_run"] == 2 for m in provenance["members"])
+    for member in provenance["members"]:  # each member names the code that trained it
+        config = json.loads((run_dir / member["run"] / "config.json").read_text())
+        assert member["code_version"] == config["code_version"]
     assert provenance["command"].endswith(" ".join(args))
     split = provenance["split"]
     test_summary = provenance["test_edge_runtime"]["fp32"]["summary"]

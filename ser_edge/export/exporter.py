@@ -325,8 +325,8 @@ def member_summary(run_dir: Path, config: Mapping[str, Any] | None = None) -> di
         config = json.loads((run_dir / "config.json").read_text())
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    out = {"run": run_dir.name, "seed": config["train"].get("seed"), "best_epoch": metrics.get("best_epoch"),
-           "epochs_run": metrics.get("epochs_run")}
+    out = {"run": run_dir.name, "seed": config["train"].get("seed"), "code_version": config.get("code_version"),
+           "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs_run")}
     for key, split in (("validation", "val"), ("test_pytorch", "test")):
         if split in metrics:
             out[key] = {k: metrics[split].get(k) for k in MEMBER_METRICS}
