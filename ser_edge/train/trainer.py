@@ -230,14 +230,15 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------
 
-    def check_resumable(self) -> dict[str, Any] | None:
+    def check_resumable(self, config: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The config of the run already in ``run_dir`` (None when there is none), once it is
-        checked that this trainer would continue that run: same recipe, split and data."""
+        checked that this trainer (whose ``config_dict()`` is ``config`` when given) would
+        continue that run: same recipe, split and data."""
         config_path = self.run_dir / "config.json"
         if not config_path.is_file():
             return None
         previous = json.loads(config_path.read_text())
-        changed = config_changes(self.config_dict(), previous)
+        changed = config_changes(config if config is not None else self.config_dict(), previous)
         if changed:
             raise ResumeMismatchError(
                 f"holds another run (different {', '.join(changed)}); "
@@ -338,7 +339,7 @@ class Trainer:
         seed_everything(self.tc.seed)
         config, config_path = self.config_dict(), self.run_dir / "config.json"
         if (self.run_dir / CHECKPOINT).is_file():
-            previous = self.check_resumable()  # before anything in the folder is overwritten
+            previous = self.check_resumable(config)  # before anything in the folder is overwritten
             if previous is not None:
                 config = resumed_config(config, previous)
         scaler = Scaler.fit(self.fs.features, self.rows["train"])
