@@ -345,8 +345,10 @@ def _robustness(model_path, data, actors, threads, snr, bandwidth, plot_path) ->
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Data folder for parity/calibration (default: the run's).")
 @click.option("--quantize", type=click.Choice(["int8"]), help="Also write an int8 variant next to the fp32 model.")
 @click.option("--no-calibrate", is_flag=True, help="Skip temperature scaling on the validation actors.")
+@click.option("--weights", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="float16: round the weights to float16 and store them so (half the file; computed in float32).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True)
-def export(run_dirs, out_path, data_dir, quantize, no_calibrate, cache_dir) -> None:
+def export(run_dirs, out_path, data_dir, quantize, no_calibrate, weights, cache_dir) -> None:
     """Export a run to one ONNX file (scaler and temperature folded in) and prove parity.
 
     Several RUN_DIRS (one recipe and actor split, different seeds) export as one ensemble
@@ -359,7 +361,7 @@ def export(run_dirs, out_path, data_dir, quantize, no_calibrate, cache_dir) -> N
     logging.getLogger("ser_edge").setLevel(logging.INFO)
     try:
         report = export_run(run_dirs, out_path, data_dir=_run_data_dir(run_dirs[0], data_dir), cache_dir=cache_dir,
-                            calibrate=not no_calibrate, quantize=quantize)
+                            calibrate=not no_calibrate, quantize=quantize, weights=weights)
     except SerEdgeError as exc:
         raise _fail(str(exc)) from None
     summary = report.to_dict()

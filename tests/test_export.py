@@ -18,6 +18,8 @@ from ser_edge.export.exporter import (
     fit_temperature,
     metadata_props,
     onnx_probabilities,
+    round_to_float16,
+    store_float16,
     torch_probabilities,
 )
 from ser_edge.train.trainer import build_model
@@ -130,3 +132,45 @@ def test_ensemble_graph_is_the_mean_of_its_members(tmp_path):
     singles = [torch_probabilities(ExportWrapper(m, mean, scale, temperature=0.8), features) for m in members]
     assert not np.allclose(singles[0], singles[1], atol=1e-3)  # two different members
     np.testing.assert_allclose(onnx_probabilities(path, features), np.mean(singles, axis=0), atol=PARITY_ATOL)
+
+
+def test_round_to_float16_leaves_only_float16_values():
+    torch.manual_seed(0)
+    model = build_model(small_model_config(), SMALL_FEATURES, "cpu").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    round_to_float16(model)
+    changed = 0
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            assert tensor.dtype == torch.float32
+            assert torch.equal(tensor, tensor.half().float()), name
+            assert (tensor - before[name]).abs().max() <= before[name].abs().max() * 2**-11
+            changed += int(not torch.equal(tensor, before[name]))
+    assert changed > 0
+
+
+def test_store_float16_halves_the_weights_and_keeps_the_outputs(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    model = round_to_float16(build_model(small_model_config(), SMALL_FEATURES, "cpu").eval())
+    rng = np.random.default_rng(2)
+    mean = rng.normal(-40, 5, (32, SMALL_FEATURES.n_frames)).astype(np.float32)  # not float16 values
+    scale = rng.uniform(5, 15, (32, SMALL_FEATURES.n_frames)).astype(np.float32)
+    wrapper = ExportWrapper(model, mean, scale)
+    path = tmp_path / "small.onnx"
+    export_onnx(wrapper, path, SMALL_FEATURES, metadata_props(LABELS, SMALL_FEATURES, model_name="s", model_version="0"))
+    features = rng.uniform(-80, 0, (5, 32, SMALL_FEATURES.n_frames)).astype(np.float32)
+    before_probs, before_size = onnx_probabilities(path, features), path.stat().st_size
+
+    converted = store_float16(path)
+    graph = onnx.load(str(path)).graph
+    halves = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    assert converted == len(halves) > 0
+    assert {n.input[0] for n in graph.node if n.op_type == "Cast"} == halves
+    # The scaler (mean, 1/scale) is not made of float16 values: it stays float32.
+    assert any(i.data_type == onnx.TensorProto.FLOAT and i.dims[-1] == SMALL_FEATURES.n_frames for i in graph.initializer)
+    assert path.stat().st_size < before_size
+    np.testing.assert_array_equal(onnx_probabilities(path, features), before_probs)
+    assert check_parity(wrapper, path, features).argmax_equal
+    assert EmotionClassifier(path).labels == tuple(LABELS)

@@ -85,6 +85,25 @@ def test_rows_per_pass_do_not_change_the_features(monkeypatch, rows):
     np.testing.assert_array_equal(log_mel(clips), default)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [CONFIG, FeatureConfig(n_fft=256, hop_length=64, n_mels=96, clip_s=0.5)],  # the second has empty filters
+    ids=["default", "empty-filters"],
+)
+def test_banded_mel_product_equals_the_dense_filterbank(config):
+    from ser_edge.edge_runtime.features import _window
+
+    x = speech_like()[: config.n_samples]
+    padded = np.pad(x.astype(np.float64), config.n_fft // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft)[:: config.hop_length]
+    power = np.abs(np.fft.rfft(frames * _window(config), axis=-1)) ** 2
+    fb = mel_filterbank(config).astype(np.float64)
+    assert (~fb.any(axis=1)).any() == (config is not CONFIG)
+    db = 10 * np.log10(np.maximum(fb @ power.T, config.amin))
+    dense = np.maximum(db - db.max(), -config.top_db)
+    np.testing.assert_allclose(log_mel(x, config), dense, atol=1e-3)
+
+
 def test_tone_lands_in_its_mel_band():
     out = log_mel(tone(1000.0, 3.0, CONFIG.sample_rate))
     fb = mel_filterbank(CONFIG)

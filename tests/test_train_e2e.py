@@ -126,12 +126,17 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     assert all(m["validation"]["actors"] == split["val"] for m in provenance["members"])
     # The clean robustness condition is the fp32 test report.
     assert provenance["robustness_test_accuracy"]["clean"] == test_summary["accuracy"]
+    # The shipped weights are stored as float16 (SHIPPED_WEIGHTS).
+    assert json.loads(meta["provenance"])["weights"] == provenance["export"]["weights"] == "float16"
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(model)).graph.initializer)
     # The shipped graph averages the two members' tempered softmax: recompute it in
-    # PyTorch from the member runs, window by window, and compare with the edge runtime.
+    # PyTorch from the member runs (weights rounded to float16, as shipped), window by
+    # window, and compare with the edge runtime.
     import numpy as np
     import torch
 
     from ser_edge.edge_runtime import FeatureConfig, load_audio, log_mel, split_windows
+    from ser_edge.export.exporter import round_to_float16
     from ser_edge.train.scaler import Scaler
     from ser_edge.train.trainer import load_model
 
@@ -143,7 +148,7 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     for seed in (1, 2):
         scaled = torch.from_numpy(Scaler.load(run_dir / f"seed_{seed}" / "scaler.npz").transform(features)[:, None])
         with torch.no_grad():
-            logits = load_model(run_dir / f"seed_{seed}", fc)(scaled)
+            logits = round_to_float16(load_model(run_dir / f"seed_{seed}", fc))(scaled)
         members.append(torch.softmax(logits / temperature, dim=1).numpy())
     assert not np.allclose(members[0], members[1], atol=1e-3)
     expected = np.mean(members, axis=0).mean(axis=0)

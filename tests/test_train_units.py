@@ -293,6 +293,16 @@ def test_cli_offers_every_recipe():
     assert option.default == pipeline.SHIPPED_RECIPE  # `ser-edge train` trains what ships
 
 
+def test_cli_export_offers_every_weight_storage():
+    from ser_edge import cli
+    from ser_edge.export.exporter import WEIGHT_DTYPES
+    from ser_edge.train import pipeline
+
+    option = next(p for p in cli.export.params if p.name == "weights")
+    assert tuple(option.type.choices) == WEIGHT_DTYPES
+    assert pipeline.SHIPPED_WEIGHTS in WEIGHT_DTYPES
+
+
 def test_stats_pooling_ignores_the_order_of_time_steps():
     from ser_edge.models.parallel import ModelConfig, ParallelModel
 

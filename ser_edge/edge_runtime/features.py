@@ -164,6 +164,33 @@ def _window(config: FeatureConfig) -> np.ndarray:
     return window
 
 
+# The mel product is banded: each filter covers a few neighbouring FFT bins (1007 non-zero
+# weights of 128 x 513), so ``log_mel`` multiplies groups of this many consecutive filters
+# by only the bins the group covers: 9k multiply-adds per frame instead of 66k. Same sums
+# as the dense product up to float32 rounding (the zeros are skipped, not approximated).
+MEL_GROUP_SIZE = 8
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_bands(config: FeatureConfig) -> tuple[tuple[slice, slice, np.ndarray], ...]:
+    """Banded form of :func:`mel_filterbank`, acting on the interleaved re/im spectrum.
+
+    One ``(mel rows, spectrum columns, weights)`` triple per group of filters. Columns index
+    the complex64 spectrum viewed as float32 (re, im, re, im, ...): each weight is repeated
+    for the real and the imaginary part, so the product of the squared view is the mel power.
+    """
+    weights = mel_filterbank(config)
+    groups = []
+    for first in range(0, config.n_mels, MEL_GROUP_SIZE):
+        rows = slice(first, min(first + MEL_GROUP_SIZE, config.n_mels))
+        used = np.flatnonzero(weights[rows].any(axis=0))
+        lo, hi = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
+        band = np.ascontiguousarray(np.repeat(weights[rows, lo:hi], 2, axis=1))
+        band.setflags(write=False)
+        groups.append((rows, slice(2 * lo, 2 * hi), band))
+    return tuple(groups)
+
+
 # Rows per pass of ``log_mel`` on a batch. Per-row cost on the project's 2-core Xeon (idle,
 # 3 s rows): 3.4 ms one row at a time, 3.6 two, 5.0 four, 6.6 all 24 or 58 at once: a
 # row's complex spectrum (563 x 513) fits the cache, a batch's does not. Results are
@@ -196,8 +223,11 @@ def _log_mel_rows(batch: np.ndarray, config: FeatureConfig) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft, axis=-1)
     frames = frames[:, :: config.hop_length]  # (b, t, n_fft), a view
     spectrum = np.fft.rfft(frames * _window(config), axis=-1)  # (b, t, n_bins) complex64
-    power = spectrum.real**2 + spectrum.imag**2
-    mel = np.matmul(mel_filterbank(config), power.transpose(0, 2, 1))  # (b, n_mels, t)
+    squares = spectrum.astype(np.complex64, copy=False).view(np.float32)  # (b, t, 2 * n_bins): re, im, ...
+    np.square(squares, out=squares)
+    mel = np.empty((len(batch), config.n_mels, squares.shape[1]), dtype=np.float32)
+    for rows, columns, band in _mel_bands(config):  # mel power = filterbank @ (re^2 + im^2)
+        np.matmul(band, squares[:, :, columns].transpose(0, 2, 1), out=mel[:, rows])
     db = 10.0 * np.log10(np.maximum(mel, np.float32(config.amin)))
     peak = db.max(axis=(1, 2), keepdims=True)
     db -= np.maximum(peak, np.float32(10.0 * np.log10(config.amin)))

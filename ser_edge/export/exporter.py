@@ -42,6 +42,11 @@ PARITY_ATOL = 1e-4  # max |p_torch - p_onnx| allowed at export
 PARITY_BATCHES = (1, 3, 8)
 INT8_VAL_BAR_POINTS = 1.0  # an int8 variant may lose at most this much accuracy
 TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.25), np.log(8.0), 121))
+# Weight storage. "float16" rounds every member's weights to float16 before anything is
+# measured and stores them as float16 in the file, each behind a Cast to float32 that
+# onnxruntime folds when the session loads: half the file, the same float32 arithmetic.
+WEIGHT_DTYPES = ("float32", "float16")
+FLOAT16_MIN_ELEMENTS = 256  # smaller tensors (biases, norms) stay float32: no size to gain
 
 
 class ExportError(SerEdgeError):
@@ -151,6 +156,52 @@ def export_onnx(wrapper: ExportWrapper, path: str | os.PathLike, feature_config:
         raise ExportError("export wrote external data next to the model", path=str(path))
 
 
+def round_to_float16(model: nn.Module) -> nn.Module:
+    """Round ``model``'s floating-point weights and buffers to float16 values, in place.
+
+    They stay float32 tensors: the model computes exactly as the float16-stored graph does.
+    """
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(torch.float16).to(tensor.dtype))
+    return model
+
+
+def store_float16(path: str | os.PathLike) -> int:
+    """Rewrite the ONNX at ``path`` with its float16-exact weights stored as float16.
+
+    Only float32 initializers of at least ``FLOAT16_MIN_ELEMENTS`` whose every value is a
+    float16 value are converted (lossless); each is read through a Cast to float32, so the
+    graph computes the same numbers. Returns the number of converted initializers.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts, kept = [], []
+    for init in graph.initializer:
+        values = numpy_helper.to_array(init) if init.data_type == onnx.TensorProto.FLOAT else None
+        if values is None or values.size < FLOAT16_MIN_ELEMENTS or not np.array_equal(
+            values.astype(np.float16).astype(np.float32), values
+        ):
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(values.astype(np.float16), f"{init.name}__float16")
+        kept.append(half)
+        casts.append(onnx.helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
+                                           name=f"{init.name}__cast"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    return len(casts)
+
+
 def torch_probabilities(wrapper: ExportWrapper, features: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return wrapper(torch.from_numpy(np.asarray(features, np.float32)[:, None])).numpy()
@@ -232,6 +283,7 @@ class ExportReport:
     test_metrics: dict[str, Any]
     int8: dict[str, Any] | None = None
     code_version: str = ""  # of the code that exported (the members' own is in their config.json)
+    weights: str = "float32"  # how the weights are stored (WEIGHT_DTYPES)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -343,8 +395,13 @@ def export_run(
     quantize: str | None = None,
     model_name: str = "ser-edge-parallel",
     model_version: str | None = None,
+    weights: str = "float32",
 ) -> ExportReport:
-    """Export a run folder (or an ensemble of runs); parity on its test actors; optional int8."""
+    """Export a run folder (or an ensemble of runs); parity on its test actors; optional int8.
+
+    ``weights="float16"`` rounds the members' weights to float16 first (so calibration,
+    metrics and parity are those of the rounded model) and stores them as float16.
+    """
     from ser_edge import __version__
     from ser_edge.train.trainer import code_version, load_model
 
@@ -352,7 +409,11 @@ def export_run(
     run_config, configs, scaler = load_members(run_dirs)
     labels = run_config["labels"]
     feature_config, fs = _run_features(run_config, data_dir, cache_dir)
+    if weights not in WEIGHT_DTYPES:
+        raise ExportError(f"weights must be one of {WEIGHT_DTYPES}, got {weights!r}")
     models = [load_model(run_dir, feature_config) for run_dir in run_dirs]
+    if weights == "float16":
+        models = [round_to_float16(model) for model in models]
     split = run_config["split"]
     val_rows, test_rows = fs.rows_for_actors(split["val"]), fs.rows_for_actors(split["test"])
     if len(test_rows) == 0:
@@ -378,6 +439,7 @@ def export_run(
         "temperature": temperature,
         "ece": ece,
         "recipe": {k: run_config[k] for k in ("train", "model", "augment")},
+        "weights": weights,
     }
     props = metadata_props(
         labels, feature_config, model_name=model_name, model_version=model_version or __version__,
@@ -389,9 +451,14 @@ def export_run(
     log.info("parity on %d test-actor windows: max |diff| %.2e", len(parity_rows), parity.max_abs_diff)
 
     report = ExportReport(str(out_path), parity, temperature, ece, provenance["test_metrics"],
-                          code_version=provenance["export_code_version"])
-    if quantize == "int8":
+                          code_version=provenance["export_code_version"], weights=weights)
+    if quantize == "int8":  # from the float32-stored graph: the quantizer reads float32 weights
         report.int8 = quantize_int8(out_path, fs, run_config, labels, test_summary)
+    if weights == "float16":
+        converted = store_float16(out_path)
+        report.parity = check_parity(wrapper, out_path, np.asarray(fs.features[parity_rows]))
+        log.info("stored %d weight tensors as float16: %.2f MB; parity max |diff| %.2e", converted,
+                 Path(out_path).stat().st_size / 1e6, report.parity.max_abs_diff)
     return report
 
 

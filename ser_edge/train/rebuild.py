@@ -90,7 +90,7 @@ def ship(args: argparse.Namespace, members: list[Path], out_dir: Path) -> dict[s
     staging.mkdir(parents=True, exist_ok=True)
     fp32 = staging / f"{DEFAULT_NAME}.onnx"
     report = export_run(members, fp32, data_dir=args.data, cache_dir=args.cache, quantize="int8",
-                        model_name="ser-edge-default")
+                        model_name="ser-edge-default", weights=args.weights)
     config = json.loads((members[0] / "config.json").read_text())
     split = config["split"]
 
@@ -132,7 +132,8 @@ def ship(args: argparse.Namespace, members: list[Path], out_dir: Path) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     from ser_edge.edge_runtime.errors import SerEdgeError
-    from ser_edge.train.pipeline import SHIPPED_RECIPE, SHIPPED_SEEDS
+    from ser_edge.export.exporter import WEIGHT_DTYPES
+    from ser_edge.train.pipeline import SHIPPED_RECIPE, SHIPPED_SEEDS, SHIPPED_WEIGHTS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="RAVDESS speech folder")
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)),
                         help="member runs trained at once (default: %(default)s)")
     parser.add_argument("--epochs", type=int, help="epoch cap (default: the recipe's; only for quick checks)")
+    parser.add_argument("--weights", choices=WEIGHT_DTYPES, default=SHIPPED_WEIGHTS,
+                        help="how the graph stores its weights (default: %(default)s)")
     parser.add_argument("--skip-train", action="store_true", help="export the existing member runs")
     args = parser.parse_args(argv)
     try:
