@@ -104,6 +104,20 @@ def test_banded_mel_product_equals_the_dense_filterbank(config):
     np.testing.assert_allclose(log_mel(x, config), dense, atol=1e-3)
 
 
+def test_scratch_buffers_are_per_thread_and_never_returned():
+    from concurrent.futures import ThreadPoolExecutor
+
+    clips = [speech_like(seed=0), speech_like(seed=1)[:50_000], speech_like(seed=2)]
+    want = [log_mel(clip) for clip in clips]
+    first = log_mel(clips[0])
+    log_mel(clips[2])  # same shape: reuses this thread's scratch arrays
+    np.testing.assert_array_equal(first, want[0])  # an earlier result is not overwritten
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(log_mel, clips * 8))
+    for result, expected in zip(got, want * 8):
+        np.testing.assert_array_equal(result, expected)
+
+
 def test_tone_lands_in_its_mel_band():
     out = log_mel(tone(1000.0, 3.0, CONFIG.sample_rate))
     fb = mel_filterbank(CONFIG)

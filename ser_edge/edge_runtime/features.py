@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import threading
 from typing import Any, Mapping
 
 import numpy as np
@@ -216,19 +217,44 @@ def log_mel(signal: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.n
     return db[0] if signal.ndim == 1 else db
 
 
+# Scratch arrays of ``_log_mel_rows``, one set per thread, reused from call to call. The
+# windowed frames and their spectrum (2.3 MB each for a 3 s row) are above glibc's mmap
+# threshold: allocated afresh, each call paid about 1.5 ms of page faults for them (4.8 ms
+# per 3 s row instead of 3.1 ms, measured in a process that computes nothing else).
+_scratch = threading.local()
+
+
+def _buffer(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """This thread's scratch array ``name``, reallocated only when its shape changes."""
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(name)
+    if buffer is None or buffer.shape != shape:
+        buffer = buffers[name] = np.empty(shape, dtype=dtype)
+    return buffer
+
+
 def _log_mel_rows(batch: np.ndarray, config: FeatureConfig) -> np.ndarray:
-    """``(b, n)`` float32 samples -> ``(b, n_mels, frames)`` float32 dB."""
+    """``(b, n)`` float32 samples -> ``(b, n_mels, frames)`` float32 dB (a new array)."""
     pad = config.n_fft // 2
-    padded = np.pad(batch, ((0, 0), (pad, pad)))
+    rows, n = batch.shape
+    padded = _buffer("padded", (rows, n + 2 * pad), np.float32)
+    padded[:, :pad] = 0.0
+    padded[:, pad : pad + n] = batch
+    padded[:, pad + n :] = 0.0
     frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft, axis=-1)
     frames = frames[:, :: config.hop_length]  # (b, t, n_fft), a view
-    spectrum = np.fft.rfft(frames * _window(config), axis=-1)  # (b, t, n_bins) complex64
-    squares = spectrum.astype(np.complex64, copy=False).view(np.float32)  # (b, t, 2 * n_bins): re, im, ...
+    windowed = _buffer("windowed", frames.shape, np.float32)
+    np.multiply(frames, _window(config), out=windowed)
+    spectrum = _buffer("spectrum", (rows, frames.shape[1], config.n_bins), np.complex64)
+    np.fft.rfft(windowed, axis=-1, out=spectrum)
+    squares = spectrum.view(np.float32)  # (b, t, 2 * n_bins): re, im, re, im, ...
     np.square(squares, out=squares)
-    mel = np.empty((len(batch), config.n_mels, squares.shape[1]), dtype=np.float32)
-    for rows, columns, band in _mel_bands(config):  # mel power = filterbank @ (re^2 + im^2)
-        np.matmul(band, squares[:, :, columns].transpose(0, 2, 1), out=mel[:, rows])
-    db = 10.0 * np.log10(np.maximum(mel, np.float32(config.amin)))
+    db = np.empty((rows, config.n_mels, frames.shape[1]), dtype=np.float32)
+    for mel_rows, columns, band in _mel_bands(config):  # mel power = filterbank @ (re^2 + im^2)
+        np.matmul(band, squares[:, :, columns].transpose(0, 2, 1), out=db[:, mel_rows])
+    np.maximum(db, np.float32(config.amin), out=db)
+    np.log10(db, out=db)
+    db *= np.float32(10.0)
     peak = db.max(axis=(1, 2), keepdims=True)
     db -= np.maximum(peak, np.float32(10.0 * np.log10(config.amin)))
     np.maximum(db, np.float32(-config.top_db), out=db)
