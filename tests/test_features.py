@@ -118,6 +118,19 @@ def test_scratch_buffers_are_per_thread_and_never_returned():
         np.testing.assert_array_equal(result, expected)
 
 
+def test_a_long_signal_leaves_no_large_scratch_behind(monkeypatch):
+    from ser_edge.edge_runtime import features
+
+    long = np.tile(speech_like(), 20)  # 60 s passed whole: a 46 MB spectrum
+    out = log_mel(long)
+    assert out.shape == (CONFIG.n_mels, 1 + len(long) // CONFIG.hop_length)
+    assert sum(b.nbytes for b in features._scratch.buffers.values()) <= features.SCRATCH_MAX_BYTES
+    monkeypatch.setattr(features, "SCRATCH_MAX_BYTES", 2**40)  # kept scratch: the same numbers
+    np.testing.assert_array_equal(log_mel(long), out)
+    np.testing.assert_array_equal(log_mel(long), out)
+    features._scratch.buffers.clear()  # not 46 MB held for the rest of the session
+
+
 def test_tone_lands_in_its_mel_band():
     out = log_mel(tone(1000.0, 3.0, CONFIG.sample_rate))
     fb = mel_filterbank(CONFIG)
