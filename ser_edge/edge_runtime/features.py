@@ -259,10 +259,11 @@ def _squared_spectrum(batch: np.ndarray, config: FeatureConfig) -> np.ndarray:
     n_frames = frames.shape[1]
     spectrum = _buffer("spectrum", (rows, n_frames, config.n_bins), np.complex64)
     windowed = _buffer("windowed", (rows, min(FFT_BLOCK_FRAMES, n_frames), config.n_fft), np.float32)
+    window = _window(config)
     for start in range(0, n_frames, FFT_BLOCK_FRAMES):
         block = slice(start, min(start + FFT_BLOCK_FRAMES, n_frames))
         size = block.stop - block.start
-        np.multiply(frames[:, block], _window(config), out=windowed[:, :size])
+        np.multiply(frames[:, block], window, out=windowed[:, :size])
         np.fft.rfft(windowed[:, :size], axis=-1, out=spectrum[:, block])
     squares = spectrum.view(np.float32)  # re, im, re, im, ...
     np.square(squares, out=squares)
