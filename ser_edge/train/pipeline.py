@@ -114,9 +114,10 @@ RECIPES: dict[str, Recipe] = {
 # mean of the members' probabilities). Chosen on the validation actors of the 5 CV folds
 # (docs/ablation.md): fast-cmn seeds 0+1 averaged 57.5% validation accuracy against 55.0%
 # for seed 0 alone; fast-cmn-speed seeds 0+1 averaged 60.0%, fast-cmn-speed-wide seeds 0+1
-# 62.3%, fast-cmn-speed-wide-ema seeds 0+1 62.8% and seeds 0+1+2 63.5%.
+# 62.3%, fast-cmn-speed-wide-ema seeds 0+1 62.8%. Seeds 0+1+2 averaged 63.5%, but the
+# third model puts the end-to-end latency at the 10 ms budget (5 of 10 benchmark runs over).
 SHIPPED_RECIPE = "fast-cmn-speed-wide-ema"
-SHIPPED_SEEDS = (0, 1, 2)
+SHIPPED_SEEDS = (0, 1)
 # How the shipped graph stores its weights (exporter.WEIGHT_DTYPES): float16 values, computed
 # in float32. Half the file; the shipped pair's test-actor metrics were identical either way.
 SHIPPED_WEIGHTS = "float16"
