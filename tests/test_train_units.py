@@ -496,3 +496,33 @@ def test_a_failed_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
         save_atomic({"epoch": 2, "unpicklable": lambda: None}, path)
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_a_front_end_rounding_change_makes_a_new_feature_cache_and_refuses_old_runs(tmp_path, monkeypatch):
+    """0.6.1's faster log-mel changed 17% of values by up to 1.5e-5. No setting recorded that,
+    so the feature cache and finished member runs were reused, and the model they made could
+    not be rebuilt from scratch. The front-end fingerprint makes such a change visible."""
+    from ser_edge.train import data
+    from ser_edge.train.trainer import ResumeMismatchError, TrainConfig, Trainer
+
+    fc = SMALL_FEATURES
+    fs, split = _random_feature_set()
+    run = Trainer(tmp_path, fs, split, feature_config=fc, train_config=TrainConfig(epochs=1, batch_size=8, threads=1),
+                  model_config=small_model_config(), augment=AugmentConfig.off())
+    fingerprint, key = data.front_end_fingerprint(fc), data._cache_key(fc, "h", 1.0)
+    assert run.config_dict()["front_end"] == fingerprint == data.front_end_fingerprint(dataclasses.replace(fc))
+    assert data.front_end_fingerprint(dataclasses.replace(fc, n_mels=24)) != fingerprint
+    run.run()
+
+    real_log_mel = data.log_mel
+    # One float32 step up on every value: far below any tolerance a parity test would use.
+    monkeypatch.setattr(data, "log_mel", lambda windows, config: np.nextafter(
+        real_log_mel(windows, config), np.float32(np.inf), dtype=np.float32))
+    data.front_end_fingerprint.cache_clear()
+    try:
+        assert data.front_end_fingerprint(fc) != fingerprint
+        assert data._cache_key(fc, "h", 1.0) != key  # the old cache is not read
+        with pytest.raises(ResumeMismatchError, match="front_end"):
+            run.check_resumable()
+    finally:
+        data.front_end_fingerprint.cache_clear()  # no fingerprint of the patched front-end outlives the test

@@ -7,6 +7,7 @@ Features come from the edge runtime's own front-end (``load_audio`` -> ``to_mode
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -34,6 +35,15 @@ LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "sur
 AUDIO_ONLY = 3  # modality code
 SPEECH = 1  # vocal channel code (2 = song)
 CACHE_VERSION = 1
+
+# The front-end fingerprint's test signal: a tone plus seeded noise, recorded at a rate other
+# than the model's so that the resampler is part of what is hashed.
+FINGERPRINT_RATE = 44_100  # Hz
+FINGERPRINT_TONE_HZ = 220.0
+FINGERPRINT_TONE_AMPLITUDE = 0.3
+FINGERPRINT_NOISE_STD = 0.05
+FINGERPRINT_SEED = 0
+FINGERPRINT_HEX_CHARS = 16
 
 
 class DatasetError(SerEdgeError):
@@ -219,9 +229,24 @@ class FeatureSet:
         return np.array([clip.actor for clip in self.clips])[self.window_clip]
 
 
+@functools.lru_cache(maxsize=8)
+def front_end_fingerprint(config: FeatureConfig) -> str:
+    """Hash of the exact bytes the front-end (resample -> windows -> log-mel) computes for a
+    fixed test signal. A change of the features' floating-point rounding, which no settings
+    record, changes it; feature caches and run folders are keyed by it, so that neither is
+    reused across such a change (a model trained on the old bytes could not be rebuilt)."""
+    n_samples = int(round(config.clip_s * FINGERPRINT_RATE))
+    time_s = np.arange(n_samples) / FINGERPRINT_RATE
+    noise = np.random.default_rng(FINGERPRINT_SEED).standard_normal(n_samples)
+    signal = FINGERPRINT_TONE_AMPLITUDE * np.sin(2 * np.pi * FINGERPRINT_TONE_HZ * time_s) + FINGERPRINT_NOISE_STD * noise
+    windows, _ = split_windows(to_model_rate(signal.astype(np.float32), FINGERPRINT_RATE, config), config)
+    return hashlib.sha256(log_mel(windows, config).tobytes()).hexdigest()[:FINGERPRINT_HEX_CHARS]
+
+
 def _cache_key(config: FeatureConfig, content_hash: str, hop_s: float) -> str:
     text = json.dumps(
-        {"v": CACHE_VERSION, "config": config.to_json(), "data": content_hash, "hop_s": hop_s}
+        {"v": CACHE_VERSION, "config": config.to_json(), "data": content_hash, "hop_s": hop_s,
+         "front_end": front_end_fingerprint(config)}
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

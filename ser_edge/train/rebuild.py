@@ -119,6 +119,7 @@ def ship(args: argparse.Namespace, members: list[Path], out_dir: Path) -> dict[s
         "export_code_version": report.code_version,
         "torch_version": config["torch_version"],
         "data_hash": config["data_hash"],
+        "front_end": config.get("front_end"),  # fingerprint of the features the members saw
         "split": split,
         "recipe": {k: config[k] for k in ("train", "model", "augment")},
         "members": [member_summary(run) for run in members],

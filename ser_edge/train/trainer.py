@@ -27,7 +27,7 @@ from ser_edge.models.parallel import ModelConfig, ParallelModel
 from ser_edge.train import metrics
 from ser_edge.train.adversary import SpeakerAdversary
 from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, waveform_log_mel
-from ser_edge.train.data import LABELS, FeatureSet, Split
+from ser_edge.train.data import LABELS, FeatureSet, Split, front_end_fingerprint
 from ser_edge.train.scaler import Scaler
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,7 @@ class Trainer:
             "model": dataclasses.asdict(self.mc),
             "augment": dataclasses.asdict(self.aug),
             "features": dataclasses.asdict(self.fc),
+            "front_end": front_end_fingerprint(self.fc),  # the features' exact bytes (data.py)
             "labels": list(LABELS),
             "split": self.split.to_dict(),
             "n_windows": {k: int(len(v)) for k, v in self.rows.items()},
