@@ -98,6 +98,8 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     import onnx
 
     from ser_edge.edge_runtime import EmotionClassifier
+    from ser_edge.edge_runtime.features import FeatureConfig
+    from ser_edge.train.data import front_end_fingerprint
     from ser_edge.train.rebuild import main as rebuild
 
     run_dir, out_dir, cache = tmp_path / "runs", tmp_path / "models", tmp_path / "cache"
@@ -110,6 +112,8 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     for member in provenance["members"]:  # each member names the code that trained it
         config = json.loads((run_dir / member["run"] / "config.json").read_text())
         assert member["code_version"] == config["code_version"]
+        assert config["front_end"] == provenance["front_end"]  # the features they saw, on record
+    assert provenance["front_end"] == front_end_fingerprint(FeatureConfig.from_json(json.dumps(config["features"])))
     assert provenance["command"].endswith(" ".join(args))
     split = provenance["split"]
     test_summary = provenance["test_edge_runtime"]["fp32"]["summary"]
