@@ -113,7 +113,7 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
         config = json.loads((run_dir / member["run"] / "config.json").read_text())
         assert member["code_version"] == config["code_version"]
         assert config["front_end"] == provenance["front_end"]  # the features they saw, on record
-    assert provenance["front_end"] == front_end_fingerprint(FeatureConfig.from_json(json.dumps(config["features"])))
+    assert provenance["front_end"] == front_end_fingerprint(FeatureConfig.from_dict(config["features"]))
     assert provenance["command"].endswith(" ".join(args))
     split = provenance["split"]
     test_summary = provenance["test_edge_runtime"]["fp32"]["summary"]
