@@ -254,6 +254,46 @@ def test_speed_perturbation_is_off_unless_asked():
     assert not np.allclose(feats, log_mel(waves, config))
 
 
+@pytest.mark.parametrize("factor", [0.85, 1.15])
+def test_speed_perturbation_keeping_tempo_moves_frequencies_not_time(factor):
+    from ser_edge.edge_runtime.features import log_mel, mel_filterbank
+    from ser_edge.train.augment import waveform_log_mel
+
+    config = FeatureConfig()
+    t = np.arange(config.n_samples) / config.sample_rate
+    burst = (t >= 1.0) & (t < 1.6)  # a 2 kHz tone from 1.0 s to 1.6 s, silence around it
+    wave = (np.sin(2 * np.pi * 2_000 * t) * burst).astype(np.float32)[None]
+    frame_s = config.hop_length / config.sample_rate
+
+    def onset_and_band(features):
+        loud = features.max(axis=0) > -20
+        return np.flatnonzero(loud)[0] * frame_s, np.flatnonzero(loud)[-1] * frame_s, int(np.argmax(features[:, loud].mean(axis=1)))
+
+    plain = onset_and_band(log_mel(wave[0], config))
+    fb = mel_filterbank(config)
+    expected_band = int(np.argmax(fb[:, int(round(2_000 * factor * config.n_fft / config.sample_rate))]))
+    for keep, onset_s, offset_s in ((True, 1.0, 1.6), (False, 1.0 / factor, 1.6 / factor)):
+        aug = AugmentConfig(noise_prob=0, speed_prob=1.0, speed_range=(factor, factor), speed_keep_tempo=keep)
+        _, feats = waveform_log_mel(wave, config, aug, np.random.default_rng(0))
+        start, end, band = onset_and_band(feats[0])
+        assert start == pytest.approx(onset_s, abs=0.03) and end == pytest.approx(offset_s, abs=0.03)
+        assert abs(band - expected_band) <= 1 and band != plain[2]
+    assert feats.shape == (1, config.n_mels, config.n_frames)
+
+
+def test_restore_tempo_fills_what_a_slow_down_cut_with_silence():
+    from ser_edge.train.augment import restore_tempo
+
+    features = np.tile(np.arange(10, dtype=np.float32), (3, 1))  # frame j holds the value j
+    # Slowed to half speed, frame j holds original time j / 2: original frame j is at 2 j,
+    # and the second half of the original was cut from the window.
+    slow = restore_tempo(features, 0.5, -80.0)
+    np.testing.assert_array_equal(slow, np.tile([0, 2, 4, 6, 8] + [-80] * 5, (3, 1)).astype(np.float32))
+    fast = restore_tempo(features, 2.0, -80.0)  # twice as fast: original frame j is at j / 2
+    np.testing.assert_allclose(fast, np.tile(np.arange(10) / 2, (3, 1)))
+    np.testing.assert_array_equal(restore_tempo(features, 1.0, -80.0), features)
+
+
 def test_utterance_norm_ignores_a_fixed_spectral_envelope():
     from ser_edge.models.parallel import ModelConfig, ParallelModel
 

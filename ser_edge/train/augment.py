@@ -4,7 +4,9 @@
   random factor (linear interpolation), which scales every frequency, formants and pitch
   alike, and the tempo: a cheap simulation of a new speaker, exact in frequency where the
   log-mel warp below is only approximate. The window keeps its length (zero-filled tail
-  when faster, cut when slower).
+  when faster, cut when slower). With ``speed_keep_tempo`` the log-mel frames are then
+  stretched back in time, so frequencies are scaled but the speaking rate (itself an
+  emotion cue) is kept: a pitch-and-formant shift without tempo change.
 * AWGN: white Gaussian noise added to the waveform at a random SNR, then the edge
   front-end recomputes the log-mel (the same function as inference).
 * Reverberation (optional, off by default): the waveform convolved with a synthetic room
@@ -45,6 +47,7 @@ class AugmentConfig:
     bandlimit_rates: tuple[int, ...] = (8_000, 16_000)
     speed_prob: float = 0.0
     speed_range: tuple[float, float] = (0.9, 1.1)
+    speed_keep_tempo: bool = False  # stretch the frames back: frequencies scaled, tempo kept
 
     @classmethod
     def off(cls) -> "AugmentConfig":
@@ -105,6 +108,24 @@ def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
     return np.interp(positions, np.arange(len(wave)), wave, right=0.0).astype(np.float32)
 
 
+def restore_tempo(features: np.ndarray, factor: float, floor_db: float) -> np.ndarray:
+    """Undo the tempo change of ``speed_perturb(wave, factor)`` on its log-mel ``(n_mels, frames)``.
+
+    Frame ``j`` of the result is frame ``j / factor`` of the input (linear interpolation),
+    so the speech sits where it sat before the speed change. After a slow-down the last
+    ``1 - factor`` of the window was cut before the log-mel; those frames are ``floor_db``,
+    the front-end's value for silence.
+    """
+    n_frames = features.shape[-1]
+    source = np.arange(n_frames, dtype=np.float64) / factor
+    inside = source <= n_frames - 1
+    left = np.minimum(np.floor(source[inside]).astype(np.intp), n_frames - 2)
+    weight = (source[inside] - left).astype(np.float32)
+    out = np.full_like(features, floor_db)
+    out[:, inside] = features[:, left] * (1.0 - weight) + features[:, left + 1] * weight
+    return out
+
+
 def waveform_log_mel(
     waves: np.ndarray, config: FeatureConfig, aug: AugmentConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -120,9 +141,11 @@ def waveform_log_mel(
     if len(chosen) == 0:
         return chosen, np.empty((0, config.n_mels, config.n_frames), np.float32)
     out = np.array(waves[chosen], dtype=np.float32)
+    factors = np.ones(len(chosen))
     for i, row in enumerate(chosen):
         if speed[row]:
-            out[i] = speed_perturb(out[i], rng.uniform(*aug.speed_range))
+            factors[i] = rng.uniform(*aug.speed_range)
+            out[i] = speed_perturb(out[i], factors[i])
         if reverb[row]:
             out[i] = reverberate(out[i], synthetic_rir(rng.uniform(*aug.reverb_rt60_s), config.sample_rate, rng))
         if narrow[row]:
@@ -131,7 +154,11 @@ def waveform_log_mel(
     if noisy.any():
         snr = rng.uniform(*aug.noise_snr_db, size=int(noisy.sum()))
         out[noisy] = add_noise(out[noisy], snr, rng)
-    return chosen, log_mel(out, config)
+    features = log_mel(out, config)
+    if aug.speed_keep_tempo:
+        for i in np.flatnonzero(speed[chosen]):
+            features[i] = restore_tempo(features[i], factors[i], -config.top_db)
+    return chosen, features
 
 
 def freq_warp(features: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

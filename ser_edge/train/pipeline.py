@@ -94,6 +94,12 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
         "fast-cmn-speed-wide + an exponential moving average of the weights (decay 0.99 per step)",
     ),
+    "fast-cmn-shift-wide-ema": Recipe(
+        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2), speed_keep_tempo=True),
+        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
+        "fast-cmn-speed-wide-ema with the tempo restored after the speed change: pitch and formants scaled, speaking rate kept",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
