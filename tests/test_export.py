@@ -16,6 +16,7 @@ from ser_edge.export.exporter import (
     check_parity,
     export_onnx,
     fit_temperature,
+    load_members,
     metadata_props,
     onnx_probabilities,
     round_to_float16,
@@ -174,3 +175,50 @@ def test_store_float16_halves_the_weights_and_keeps_the_outputs(tmp_path):
     np.testing.assert_array_equal(onnx_probabilities(path, features), before_probs)
     assert check_parity(wrapper, path, features).argmax_equal
     assert EmotionClassifier(path).labels == tuple(LABELS)
+
+
+def _fake_member(folder, seed, *, front_end="abc123", mean=0.0, n_mels=32):
+    """A run folder as load_members reads it (the checkpoint's bytes are not read there)."""
+    from ser_edge.train.scaler import Scaler
+
+    folder.mkdir()
+    config = {"train": {"seed": seed, "threads": 1, "device": "cpu", "lr": 1e-3}, "model": {"d_model": 16},
+              "augment": {"speed_prob": 0.5}, "labels": LABELS, "features": json.loads(SMALL_FEATURES.to_json()),
+              "split": {"train": [1, 2], "val": [3], "test": [4]}, "data_hash": "d", "front_end": front_end}
+    (folder / "config.json").write_text(json.dumps(config))
+    Scaler(np.full((n_mels, 4), mean, np.float32), np.ones((n_mels, 4), np.float32)).save(folder / "scaler.npz")
+    (folder / "best_parallel_ser.pt").write_bytes(b"")
+    return folder
+
+
+def test_load_members_accepts_runs_that_differ_in_seed_only(tmp_path):
+    runs = [_fake_member(tmp_path / f"seed_{s}", s) for s in (0, 1)]
+    shared, configs, scaler = load_members(runs)
+    assert [c["train"]["seed"] for c in configs] == [0, 1] and shared is configs[0]
+    np.testing.assert_array_equal(scaler.mean, np.zeros((32, 4), np.float32))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"front_end": "fff999"}, r"another front-end .*fingerprint fff999 against abc123"),
+    ({"front_end": None}, r"another front-end .*fingerprint not recorded against abc123"),
+    ({"mean": 1.0}, "scaler differs"),
+])
+def test_load_members_refuses_a_member_with_other_features(tmp_path, change, message):
+    first = _fake_member(tmp_path / "seed_0", 0)
+    other = _fake_member(tmp_path / "seed_1", 1, **change)
+    with pytest.raises(ExportError, match=message) as error:
+        load_members([first, other])
+    assert error.value.path == str(other)
+
+
+def test_load_members_refuses_another_recipe_or_a_missing_checkpoint(tmp_path):
+    first = _fake_member(tmp_path / "seed_0", 0)
+    other = _fake_member(tmp_path / "seed_1", 1)
+    config = json.loads((other / "config.json").read_text())
+    config["augment"]["speed_prob"] = 0.8
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="not the same recipe"):
+        load_members([first, other])
+    (first / "best_parallel_ser.pt").unlink()
+    with pytest.raises(ExportError, match="no best_parallel_ser.pt"):
+        load_members([first])

@@ -352,6 +352,11 @@ def load_members(run_dirs: Sequence[str | os.PathLike]) -> tuple[dict[str, Any],
             if not (run_dir / name).is_file():
                 raise ExportError(f"run folder has no {name}", path=str(run_dir))
         config = json.loads((run_dir / "config.json").read_text())
+        if configs and config.get("front_end") != configs[0].get("front_end"):
+            raise ExportError(
+                f"run's features come from another front-end than {run_dirs[0]}'s (fingerprint "
+                f"{config.get('front_end') or 'not recorded'} against {configs[0].get('front_end') or 'not recorded'}): "
+                "retrain it with the same code", path=str(run_dir))
         if configs and _member_recipe(config) != _member_recipe(configs[0]):
             raise ExportError(f"run is not the same recipe and actor split as {run_dirs[0]} (only the seed may differ)",
                               path=str(run_dir))
