@@ -281,17 +281,35 @@ def test_speed_perturbation_keeping_tempo_moves_frequencies_not_time(factor):
     assert feats.shape == (1, config.n_mels, config.n_frames)
 
 
-def test_restore_tempo_fills_what_a_slow_down_cut_with_silence():
-    from ser_edge.train.augment import restore_tempo
+def test_stretch_frames_plays_the_frames_faster_or_slower():
+    from ser_edge.train.augment import stretch_frames
 
     features = np.tile(np.arange(10, dtype=np.float32), (3, 1))  # frame j holds the value j
-    # Slowed to half speed, frame j holds original time j / 2: original frame j is at 2 j,
-    # and the second half of the original was cut from the window.
-    slow = restore_tempo(features, 0.5, -80.0)
-    np.testing.assert_array_equal(slow, np.tile([0, 2, 4, 6, 8] + [-80] * 5, (3, 1)).astype(np.float32))
-    fast = restore_tempo(features, 2.0, -80.0)  # twice as fast: original frame j is at j / 2
-    np.testing.assert_allclose(fast, np.tile(np.arange(10) / 2, (3, 1)))
-    np.testing.assert_array_equal(restore_tempo(features, 1.0, -80.0), features)
+    # Twice as fast: frame j is input frame 2 j; the second half is past the input's end.
+    fast = stretch_frames(features, 2.0, -80.0)
+    np.testing.assert_array_equal(fast, np.tile([0, 2, 4, 6, 8] + [-80] * 5, (3, 1)).astype(np.float32))
+    slow = stretch_frames(features, 0.5, -80.0)  # half as fast: frame j is input frame j / 2
+    np.testing.assert_allclose(slow, np.tile(np.arange(10) / 2, (3, 1)))
+    np.testing.assert_array_equal(stretch_frames(features, 1.0, -80.0), features)
+
+
+def test_tempo_perturbation_moves_time_not_frequency():
+    from ser_edge.edge_runtime.features import log_mel
+    from ser_edge.train.augment import tempo_perturb
+
+    config = FeatureConfig()
+    t = np.arange(config.n_samples) / config.sample_rate
+    burst = (t >= 1.0) & (t < 1.6)
+    plain = log_mel((np.sin(2 * np.pi * 2_000 * t) * burst).astype(np.float32), config)
+    rate = 1.25
+    out = tempo_perturb(plain[None].copy(), AugmentConfig(tempo_prob=1.0, tempo_range=(rate, rate)),
+                        np.random.default_rng(0), -config.top_db)[0]
+    frame_s = config.hop_length / config.sample_rate
+    loud = np.flatnonzero(out.max(axis=0) > -20)
+    assert loud[0] * frame_s == pytest.approx(1.0 / rate, abs=0.03) and loud[-1] * frame_s == pytest.approx(1.6 / rate, abs=0.03)
+    assert np.argmax(out[:, loud].mean(axis=1)) == np.argmax(plain[:, plain.max(axis=0) > -20].mean(axis=1))
+    untouched = tempo_perturb(plain[None].copy(), AugmentConfig(tempo_prob=0.0), np.random.default_rng(0), -config.top_db)
+    np.testing.assert_array_equal(untouched[0], plain)
 
 
 def test_utterance_norm_ignores_a_fixed_spectral_envelope():

@@ -13,6 +13,8 @@
   impulse response (exponentially decaying noise, random RT60).
 * Band-limiting (optional, off by default): the waveform downsampled to 8 or 16 kHz and
   back, as a phone line or a cheap microphone delivers it.
+* Tempo perturbation (optional, off by default): the log-mel frames stretched in time by a
+  random factor, so the speaking rate varies while pitch and formants stay.
 * Frequency warp: the log-mel's mel axis is stretched by a random factor, a cheap stand-in
   for vocal-tract-length perturbation (it simulates speakers the training set lacks).
 * SpecAugment: frequency and time masks on the standardised log-mel (masked to 0, the
@@ -48,11 +50,13 @@ class AugmentConfig:
     speed_prob: float = 0.0
     speed_range: tuple[float, float] = (0.9, 1.1)
     speed_keep_tempo: bool = False  # stretch the frames back: frequencies scaled, tempo kept
+    tempo_prob: float = 0.0  # log-mel frames stretched in time: speaking rate varies, pitch does not
+    tempo_range: tuple[float, float] = (0.8, 1.2)
 
     @classmethod
     def off(cls) -> "AugmentConfig":
         return cls(noise_prob=0.0, warp_prob=0.0, freq_masks=0, time_masks=0, mixup_alpha=0.0,
-                   reverb_prob=0.0, bandlimit_prob=0.0, speed_prob=0.0)
+                   reverb_prob=0.0, bandlimit_prob=0.0, speed_prob=0.0, tempo_prob=0.0)
 
     @property
     def touches_waveform(self) -> bool:
@@ -61,7 +65,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "AugmentConfig":
         values = dict(values)
-        for key in ("noise_snr_db", "warp_range", "reverb_rt60_s", "bandlimit_rates", "speed_range"):
+        for key in ("noise_snr_db", "warp_range", "reverb_rt60_s", "bandlimit_rates", "speed_range", "tempo_range"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -108,22 +112,30 @@ def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
     return np.interp(positions, np.arange(len(wave)), wave, right=0.0).astype(np.float32)
 
 
-def restore_tempo(features: np.ndarray, factor: float, floor_db: float) -> np.ndarray:
-    """Undo the tempo change of ``speed_perturb(wave, factor)`` on its log-mel ``(n_mels, frames)``.
+def stretch_frames(features: np.ndarray, rate: float, floor_db: float) -> np.ndarray:
+    """The log-mel ``(n_mels, frames)`` played ``rate`` times faster: frame ``j`` of the
+    result is frame ``j * rate`` of the input (linear interpolation), frequencies unchanged.
 
-    Frame ``j`` of the result is frame ``j / factor`` of the input (linear interpolation),
-    so the speech sits where it sat before the speed change. After a slow-down the last
-    ``1 - factor`` of the window was cut before the log-mel; those frames are ``floor_db``,
-    the front-end's value for silence.
+    Faster (``rate > 1``) leaves a tail that no input frame reaches; it is ``floor_db``, the
+    front-end's value for silence. Slower cuts the input's end.
     """
     n_frames = features.shape[-1]
-    source = np.arange(n_frames, dtype=np.float64) / factor
+    source = np.arange(n_frames, dtype=np.float64) * rate
     inside = source <= n_frames - 1
     left = np.minimum(np.floor(source[inside]).astype(np.intp), n_frames - 2)
     weight = (source[inside] - left).astype(np.float32)
     out = np.full_like(features, floor_db)
     out[:, inside] = features[:, left] * (1.0 - weight) + features[:, left + 1] * weight
     return out
+
+
+def tempo_perturb(features: np.ndarray, aug: "AugmentConfig", rng: np.random.Generator, floor_db: float) -> np.ndarray:
+    """Change the tempo of some rows by factors in ``tempo_range`` (in place, returned):
+    speaking rate varies, pitch and formants do not."""
+    chosen = np.flatnonzero(rng.random(len(features)) < aug.tempo_prob)
+    for row, rate in zip(chosen, rng.uniform(*aug.tempo_range, size=len(chosen))):
+        features[row] = stretch_frames(features[row], rate, floor_db)
+    return features
 
 
 def waveform_log_mel(
@@ -157,7 +169,8 @@ def waveform_log_mel(
     features = log_mel(out, config)
     if aug.speed_keep_tempo:
         for i in np.flatnonzero(speed[chosen]):
-            features[i] = restore_tempo(features[i], factors[i], -config.top_db)
+            # The speed change put original time t at t / factor: play it 1 / factor as fast.
+            features[i] = stretch_frames(features[i], 1.0 / factors[i], -config.top_db)
     return chosen, features
 
 

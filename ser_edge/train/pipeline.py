@@ -100,6 +100,12 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
         "fast-cmn-speed-wide-ema with the tempo restored after the speed change: pitch and formants scaled, speaking rate kept",
     ),
+    "fast-cmn-speed-wide-tempo-ema": Recipe(
+        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2), tempo_prob=0.5, tempo_range=(0.8, 1.2)),
+        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
+        "fast-cmn-speed-wide-ema + tempo perturbation 0.8-1.2 (log-mel frames stretched) on half the training windows",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),

@@ -26,7 +26,7 @@ from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig, ParallelModel
 from ser_edge.train import metrics
 from ser_edge.train.adversary import SpeakerAdversary
-from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, waveform_log_mel
+from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, tempo_perturb, waveform_log_mel
 from ser_edge.train.data import LABELS, FeatureSet, Split, front_end_fingerprint
 from ser_edge.train.scaler import Scaler
 
@@ -276,6 +276,8 @@ class Trainer:
         if self.aug.touches_waveform:
             chosen, augmented = waveform_log_mel(self.fs.waveforms[rows], self.fc, self.aug, rng)
             feats[chosen] = augmented
+        if self.aug.tempo_prob > 0:
+            feats = tempo_perturb(feats, self.aug, rng, -self.fc.top_db)
         if self.aug.warp_prob > 0:
             feats = freq_warp(feats, self.aug, rng)
         x = torch.from_numpy(scaler.transform(feats)[:, None])
