@@ -254,28 +254,39 @@ def test_speed_perturbation_is_off_unless_asked():
     assert not np.allclose(feats, log_mel(waves, config))
 
 
+BURST_HZ, BURST_START_S, BURST_END_S = 2_000, 1.0, 1.6
+
+
+def _tone_burst(config: FeatureConfig) -> np.ndarray:
+    """One window: a 2 kHz tone from 1.0 s to 1.6 s, silence around it."""
+    t = np.arange(config.n_samples) / config.sample_rate
+    burst = (t >= BURST_START_S) & (t < BURST_END_S)
+    return (np.sin(2 * np.pi * BURST_HZ * t) * burst).astype(np.float32)
+
+
+def _onset_offset_band(features: np.ndarray, config: FeatureConfig) -> tuple[float, float, int]:
+    """(first, last) time in s of the loud frames of a log-mel, and its loudest mel band."""
+    loud = features.max(axis=0) > -20
+    frame_s = config.hop_length / config.sample_rate
+    frames = np.flatnonzero(loud)
+    return frames[0] * frame_s, frames[-1] * frame_s, int(np.argmax(features[:, loud].mean(axis=1)))
+
+
 @pytest.mark.parametrize("factor", [0.85, 1.15])
 def test_speed_perturbation_keeping_tempo_moves_frequencies_not_time(factor):
     from ser_edge.edge_runtime.features import log_mel, mel_filterbank
     from ser_edge.train.augment import waveform_log_mel
 
     config = FeatureConfig()
-    t = np.arange(config.n_samples) / config.sample_rate
-    burst = (t >= 1.0) & (t < 1.6)  # a 2 kHz tone from 1.0 s to 1.6 s, silence around it
-    wave = (np.sin(2 * np.pi * 2_000 * t) * burst).astype(np.float32)[None]
-    frame_s = config.hop_length / config.sample_rate
-
-    def onset_and_band(features):
-        loud = features.max(axis=0) > -20
-        return np.flatnonzero(loud)[0] * frame_s, np.flatnonzero(loud)[-1] * frame_s, int(np.argmax(features[:, loud].mean(axis=1)))
-
-    plain = onset_and_band(log_mel(wave[0], config))
+    wave = _tone_burst(config)[None]
+    plain = _onset_offset_band(log_mel(wave[0], config), config)
     fb = mel_filterbank(config)
-    expected_band = int(np.argmax(fb[:, int(round(2_000 * factor * config.n_fft / config.sample_rate))]))
-    for keep, onset_s, offset_s in ((True, 1.0, 1.6), (False, 1.0 / factor, 1.6 / factor)):
+    expected_band = int(np.argmax(fb[:, int(round(BURST_HZ * factor * config.n_fft / config.sample_rate))]))
+    for keep, onset_s, offset_s in ((True, BURST_START_S, BURST_END_S),
+                                    (False, BURST_START_S / factor, BURST_END_S / factor)):
         aug = AugmentConfig(noise_prob=0, speed_prob=1.0, speed_range=(factor, factor), speed_keep_tempo=keep)
         _, feats = waveform_log_mel(wave, config, aug, np.random.default_rng(0))
-        start, end, band = onset_and_band(feats[0])
+        start, end, band = _onset_offset_band(feats[0], config)
         assert start == pytest.approx(onset_s, abs=0.03) and end == pytest.approx(offset_s, abs=0.03)
         assert abs(band - expected_band) <= 1 and band != plain[2]
     assert feats.shape == (1, config.n_mels, config.n_frames)
@@ -298,16 +309,13 @@ def test_tempo_perturbation_moves_time_not_frequency():
     from ser_edge.train.augment import tempo_perturb
 
     config = FeatureConfig()
-    t = np.arange(config.n_samples) / config.sample_rate
-    burst = (t >= 1.0) & (t < 1.6)
-    plain = log_mel((np.sin(2 * np.pi * 2_000 * t) * burst).astype(np.float32), config)
+    plain = log_mel(_tone_burst(config), config)
     rate = 1.25
     out = tempo_perturb(plain[None].copy(), AugmentConfig(tempo_prob=1.0, tempo_range=(rate, rate)),
                         np.random.default_rng(0), -config.top_db)[0]
-    frame_s = config.hop_length / config.sample_rate
-    loud = np.flatnonzero(out.max(axis=0) > -20)
-    assert loud[0] * frame_s == pytest.approx(1.0 / rate, abs=0.03) and loud[-1] * frame_s == pytest.approx(1.6 / rate, abs=0.03)
-    assert np.argmax(out[:, loud].mean(axis=1)) == np.argmax(plain[:, plain.max(axis=0) > -20].mean(axis=1))
+    start, end, band = _onset_offset_band(out, config)
+    assert start == pytest.approx(BURST_START_S / rate, abs=0.03) and end == pytest.approx(BURST_END_S / rate, abs=0.03)
+    assert band == _onset_offset_band(plain, config)[2]
     untouched = tempo_perturb(plain[None].copy(), AugmentConfig(tempo_prob=0.0), np.random.default_rng(0), -config.top_db)
     np.testing.assert_array_equal(untouched[0], plain)
 
