@@ -106,6 +106,12 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
         "fast-cmn-speed-wide-ema + tempo perturbation 0.8-1.2 (log-mel frames stretched) on half the training windows",
     ),
+    "fast-cmn-speed-wide-ema-light": Recipe(
+        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True, n_layers=2, ff_dim=256),
+        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
+        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
+        "fast-cmn-speed-wide-ema with a lighter transformer (2 layers, feed-forward 256): about 60% of the inference time, for ensembles of three",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
