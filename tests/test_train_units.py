@@ -386,7 +386,7 @@ def test_stats_pooling_ignores_the_order_of_time_steps():
 
 
 def test_grad_reverse_flips_and_scales_the_gradient():
-    from ser_edge.train.adversary import grad_reverse
+    from ser_edge.train.heads import grad_reverse
 
     x = torch.randn(3, 5, requires_grad=True)
     out = grad_reverse(x, 0.3)
@@ -426,6 +426,43 @@ def test_speaker_adversarial_mixup_training_runs_and_resumes(tmp_path):
             augment=aug).run()
     assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 2
 
+
+def test_intensity_head_learns_the_file_name_intensity_and_resumes(tmp_path):
+    """The auxiliary head's target is file-name field 4 and its loss reaches the shared
+    model (the same run with other intensity labels ends with other weights); it is saved in
+    the checkpoint, restored on resume, and kept out of the model's weights."""
+    import json
+
+    from ser_edge.train.trainer import BEST_WEIGHTS, CHECKPOINT, TrainConfig, Trainer
+
+    fc = SMALL_FEATURES
+    mc = small_model_config(utterance_norm=True)
+    normal, split = _random_feature_set()
+    strong = [dataclasses.replace(c, intensity=2) if c.emotion > 1 and c.actor % 2 else c for c in normal.clips]
+    mixed = FeatureSet(strong, normal.features, None, normal.window_clip, normal.window_start_s)
+
+    def train(run_dir, fs, epochs, weight):
+        tc = TrainConfig(epochs=epochs, batch_size=8, threads=1, intensity_aux=weight)
+        trainer = Trainer(run_dir, fs, split, feature_config=fc, train_config=tc, model_config=mc,
+                          augment=AugmentConfig.off())
+        trainer.run()
+        return trainer, torch.load(run_dir / CHECKPOINT, weights_only=False)
+
+    trainer, saved = train(tmp_path / "mixed", mixed, 1, 0.5)
+    expected = [1 if c.emotion > 1 and c.actor % 2 else 0 for c in strong]
+    assert trainer.intensity_index.tolist() == expected and 0 < sum(expected) < len(expected)
+    embed_dim = saved["model"]["classifier.weight"].shape[1]
+    assert saved["intensity"]["linear.weight"].shape == (2, embed_dim)
+    _, all_normal = train(tmp_path / "normal", normal, 1, 0.5)
+    assert not torch.equal(saved["model"]["classifier.weight"], all_normal["model"]["classifier.weight"])
+    _, plain = train(tmp_path / "plain", mixed, 1, 0.0)
+    assert "intensity" not in plain
+    best = torch.load(tmp_path / "mixed" / BEST_WEIGHTS, weights_only=True)["model"]
+    assert best.keys() == plain["model"].keys()  # nothing of the head in the model's weights
+    # Resume for a second epoch: the head's state is restored and trained on.
+    _, resumed = train(tmp_path / "mixed", mixed, 2, 0.5)
+    assert len(json.loads((tmp_path / "mixed" / "metrics.json").read_text())["history"]) == 2
+    assert not torch.equal(resumed["intensity"]["linear.weight"], saved["intensity"]["linear.weight"])
 
 
 def test_weight_ema_is_what_validation_judges_and_it_resumes(tmp_path):

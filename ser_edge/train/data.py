@@ -228,6 +228,11 @@ class FeatureSet:
     def actors(self) -> np.ndarray:
         return np.array([clip.actor for clip in self.clips])[self.window_clip]
 
+    @property
+    def intensities(self) -> np.ndarray:
+        """Each window's intensity index: 0 = normal, 1 = strong (file-name field 4)."""
+        return np.array([clip.intensity - 1 for clip in self.clips])[self.window_clip]
+
 
 @functools.lru_cache(maxsize=8)
 def front_end_fingerprint(config: FeatureConfig) -> str:

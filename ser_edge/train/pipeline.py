@@ -112,6 +112,12 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
         "fast-cmn-speed-wide-ema with a lighter transformer (2 layers, feed-forward 256): about 60% of the inference time, for ensembles of three",
     ),
+    "fast-cmn-speed-wide-ema-int": Recipe(
+        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
+        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99, "intensity_aux": 0.5},
+        "fast-cmn-speed-wide-ema + a training-only intensity head (normal/strong, loss weight 0.5) on the shared embedding",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),

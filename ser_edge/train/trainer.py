@@ -25,9 +25,9 @@ from ser_edge.edge_runtime.errors import SerEdgeError
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig, ParallelModel
 from ser_edge.train import metrics
-from ser_edge.train.adversary import SpeakerAdversary
 from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, tempo_perturb, waveform_log_mel
 from ser_edge.train.data import LABELS, FeatureSet, Split, front_end_fingerprint
+from ser_edge.train.heads import IntensityHead, SpeakerAdversary
 from ser_edge.train.scaler import Scaler
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class TrainConfig:
     threads: int = 0  # 0 = all cores
     random_window: bool = True  # draw one window per clip per epoch (False: always the first)
     speaker_adversarial: float = 0.0  # gradient-reversal weight of a training-actor classifier (0 = off)
+    intensity_aux: float = 0.0  # loss weight of an auxiliary intensity (normal/strong) head (0 = off)
     # Per-step decay of an exponential moving average of the weights (and BatchNorm
     # statistics); 0 = off. When on, validation, early stopping, the LR schedule and the
     # saved best weights all use the averaged model. 0.99 averages over about 100 steps,
@@ -227,6 +228,8 @@ class Trainer:
         # speaker-adversarial head's target.
         lookup = {actor: i for i, actor in enumerate(sorted(split.train))}
         self.actor_index = np.array([lookup.get(a, -1) for a in feature_set.actors], dtype=np.int64)
+        # Each window's intensity, 0 = normal, 1 = strong: the auxiliary intensity head's target.
+        self.intensity_index = feature_set.intensities.astype(np.int64)
 
     # -- setup ------------------------------------------------------------------------
 
@@ -285,8 +288,9 @@ class Trainer:
             x = spec_augment(x, self.aug, gen)
         return x.to(device=self.tc.device, memory_format=torch.channels_last)
 
-    def _train_epoch(self, model, optimizer, criterion, scaler, clip_windows, rng, gen, bar, adversary=None,
+    def _train_epoch(self, model, optimizer, criterion, scaler, clip_windows, rng, gen, bar, heads=None,
                      ema=None) -> tuple[float, float]:
+        heads = heads or {}
         model.train()
         if self.tc.random_window:
             picks = np.array([w[rng.integers(len(w))] for w in clip_windows])
@@ -307,9 +311,13 @@ class Trainer:
             embedding = model.embed(x)
             logits = model.classifier(embedding)
             loss = _mixed(criterion, logits, y, lam, perm)
-            if adversary is not None:
+            if "adversary" in heads:
                 speakers = torch.from_numpy(self.actor_index[rows]).to(self.tc.device)
-                loss = loss + _mixed(F.cross_entropy, adversary(embedding), speakers, lam, perm)
+                loss = loss + _mixed(F.cross_entropy, heads["adversary"](embedding), speakers, lam, perm)
+            if "intensity" in heads:
+                intensity = torch.from_numpy(self.intensity_index[rows]).to(self.tc.device)
+                loss = loss + self.tc.intensity_aux * _mixed(F.cross_entropy, heads["intensity"](embedding), intensity,
+                                                             lam, perm)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -353,12 +361,8 @@ class Trainer:
         train_labels = np.array([self.fs.clips[c].label_index for c in np.unique(self.fs.window_clip[self.rows["train"]])])
         weights = torch.from_numpy(class_weights(train_labels, len(LABELS))).to(self.tc.device)
         criterion = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=self.tc.label_smoothing)
-        adversary = None
-        params = list(model.parameters())
-        if self.tc.speaker_adversarial > 0:
-            embed_dim = model.classifier.in_features
-            adversary = SpeakerAdversary(embed_dim, len(self.split.train), self.tc.speaker_adversarial).to(self.tc.device)
-            params += list(adversary.parameters())
+        heads = self._training_heads(model.classifier.in_features)
+        params = list(model.parameters()) + [p for head in heads.values() for p in head.parameters()]
         optimizer = torch.optim.AdamW(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=self.tc.plateau_factor, patience=self.tc.plateau_patience
@@ -373,8 +377,8 @@ class Trainer:
         if checkpoint.is_file():
             saved = torch.load(checkpoint, map_location=self.tc.device, weights_only=False)
             model.load_state_dict(saved["model"])
-            if adversary is not None:
-                adversary.load_state_dict(saved["adversary"])
+            for name, head in heads.items():
+                head.load_state_dict(saved[name])
             if ema is not None:
                 ema.load_state_dict(saved["ema"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -392,7 +396,7 @@ class Trainer:
             bar = _progress(n_batches, f"epoch {epoch}/{self.tc.epochs}") if self.progress else None
             started = time.perf_counter()
             train_loss, train_acc = self._train_epoch(model, optimizer, criterion, scaler, clip_windows, rng, gen, bar,
-                                                      adversary, ema)
+                                                      heads, ema)
             val = self.evaluate(scored, scaler, "val")
             plateau.step(val["loss"])
             record = {
@@ -424,7 +428,7 @@ class Trainer:
             save_atomic(
                 {
                     "model": model.state_dict(),
-                    "adversary": adversary.state_dict() if adversary is not None else None,
+                    **{name: head.state_dict() for name, head in heads.items()},
                     "ema": ema.state_dict() if ema is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "plateau": plateau.state_dict(),
@@ -436,6 +440,15 @@ class Trainer:
                 checkpoint,
             )
         return self.finish(state)
+
+    def _training_heads(self, embed_dim: int) -> dict[str, torch.nn.Module]:
+        """The training-only heads this config turns on, by checkpoint key."""
+        heads: dict[str, torch.nn.Module] = {}
+        if self.tc.speaker_adversarial > 0:
+            heads["adversary"] = SpeakerAdversary(embed_dim, len(self.split.train), self.tc.speaker_adversarial)
+        if self.tc.intensity_aux > 0:
+            heads["intensity"] = IntensityHead(embed_dim)
+        return {name: head.to(self.tc.device) for name, head in heads.items()}
 
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         model = load_model(self.run_dir, self.fc, self.tc.device)

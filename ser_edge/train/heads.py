@@ -1,8 +1,12 @@
-"""Speaker-adversarial training: a speaker classifier behind a gradient-reversal layer.
+"""Training-only heads on the ParallelModel's embedding.
 
-The adversary reads the ParallelModel's embedding and learns to name the training actor;
-the reversed gradient pushes the embedding to carry less speaker identity. It is used in
-training only: it is not part of the model's weights, so export never sees it.
+- :class:`SpeakerAdversary`: a speaker classifier behind a gradient-reversal layer. It
+  learns to name the training actor; the reversed gradient pushes the embedding to carry
+  less speaker identity.
+- :class:`IntensityHead`: names the clip's emotional intensity (RAVDESS file-name field 4,
+  normal or strong), an auxiliary target that shares the embedding with the emotion head.
+
+Neither is part of the model's weights, so export never sees them.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import torch
 from torch import nn
 
 ADVERSARY_HIDDEN = 128
+N_INTENSITIES = 2  # RAVDESS intensity codes 01 (normal) and 02 (strong)
 
 
 class _GradReverse(torch.autograd.Function):
@@ -38,3 +43,15 @@ class SpeakerAdversary(nn.Module):
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         """Speaker logits; the gradient into ``embedding`` is reversed and scaled."""
         return self.net(grad_reverse(embedding, self.weight))
+
+
+class IntensityHead(nn.Module):
+    """Intensity logits (normal, strong) from the embedding: one linear layer, like the
+    emotion head, so that what it needs must be in the shared embedding."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(embed_dim, N_INTENSITIES)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.linear(embedding)
