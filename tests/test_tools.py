@@ -1,12 +1,14 @@
-"""The ablation-table tool reads the committed fold metrics and prints what they say."""
+"""The tools under tools/: each does what its docstring says, on small inputs."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import runpy
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 
@@ -58,3 +60,41 @@ def test_speaker_norm_probe_pools_each_clips_windows():
     expected_a = np.concatenate([features[:2].mean(axis=2).mean(axis=0), features[:2].std(axis=2).mean(axis=0)])
     np.testing.assert_allclose(stats[0], expected_a)
     np.testing.assert_allclose(stats[1], np.concatenate([features[2].mean(axis=1), features[2].std(axis=1)]))
+
+
+def _member_latency():
+    return runpy.run_path(str(REPO / "tools" / "member_latency.py"))
+
+
+def test_member_latency_builds_the_shipped_graph_from_untrained_members(tmp_path):
+    """The probe's graph for the shipped recipe and member count has the shipped model's
+    operators and weight bytes, so its timings stand for the shipped graph's."""
+    import collections
+
+    import onnx
+
+    from ser_edge.edge_runtime.features import FeatureConfig
+    from ser_edge.export.exporter import latency_ms
+    from ser_edge.train.pipeline import SHIPPED_RECIPE, SHIPPED_SEEDS
+
+    tool = _member_latency()
+    assert tool["parse_spec"](f"{SHIPPED_RECIPE}:2") == (SHIPPED_RECIPE, 2)
+    for bad in ("nope:2", f"{SHIPPED_RECIPE}:0", f"{SHIPPED_RECIPE}:x", SHIPPED_RECIPE):
+        with pytest.raises(argparse.ArgumentTypeError, match="RECIPE:N"):
+            tool["parse_spec"](bad)
+    config = FeatureConfig()
+    path = tmp_path / "probe.onnx"
+    size = tool["build_graph"](SHIPPED_RECIPE, len(SHIPPED_SEEDS), path, config)
+    probe, shipped = onnx.load(str(path)), onnx.load(str(REPO / "ser_edge" / "models" / "ser_edge_default.onnx"))
+
+    def op_types(model):
+        return collections.Counter(node.op_type for node in model.graph.node)
+
+    def weight_bytes(model):
+        return sum(onnx.numpy_helper.to_array(init).nbytes for init in model.graph.initializer)
+
+    assert op_types(probe) == op_types(shipped)
+    assert weight_bytes(probe) == pytest.approx(weight_bytes(shipped), rel=0.01)
+    assert size == path.stat().st_size
+    features = np.zeros((1, config.n_mels, config.n_frames), np.float32)
+    assert latency_ms(path, features, repeats=3) > 0
