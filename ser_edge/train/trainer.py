@@ -288,9 +288,8 @@ class Trainer:
             x = spec_augment(x, self.aug, gen)
         return x.to(device=self.tc.device, memory_format=torch.channels_last)
 
-    def _train_epoch(self, model, optimizer, criterion, scaler, clip_windows, rng, gen, bar, heads=None,
-                     ema=None) -> tuple[float, float]:
-        heads = heads or {}
+    def _train_epoch(self, model, optimizer, criterion, scaler, clip_windows, rng, gen, bar,
+                     heads: dict[str, torch.nn.Module], ema=None) -> tuple[float, float]:
         model.train()
         if self.tc.random_window:
             picks = np.array([w[rng.integers(len(w))] for w in clip_windows])
