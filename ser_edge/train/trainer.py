@@ -195,6 +195,65 @@ def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
 
 
+@dataclasses.dataclass
+class _Learner:
+    """Everything a training step changes: saved whole in the checkpoint, restored on resume."""
+
+    model: ParallelModel
+    heads: dict[str, torch.nn.Module]  # training-only heads, by checkpoint key
+    optimizer: torch.optim.Optimizer
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau
+    rng: np.random.Generator
+    gen: torch.Generator
+    ema: torch.optim.swa_utils.AveragedModel | None
+    state: dict[str, Any]  # epoch, best_loss, best_epoch, stale, history
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The model that validation judges and that is saved as the best weights."""
+        return self.model if self.ema is None else self.ema.module
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            **{name: head.state_dict() for name, head in self.heads.items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "plateau": self.plateau.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "state": self.state,
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        for name, head in self.heads.items():
+            head.load_state_dict(saved[name])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.plateau.load_state_dict(saved["plateau"])
+        self.rng.bit_generator.state = saved["numpy_rng"]
+        self.gen.set_state(saved["torch_gen"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.state = saved["state"]
+
+
+def _report_epoch(record: dict[str, Any], bar) -> None:
+    """One epoch's line: on the progress bar when there is one, else in the log."""
+    if bar is not None:
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_acc']:.3f}",
+                        val_loss=f"{record['val_loss']:.3f}", val_acc=f"{record['val_acc']:.3f}")
+        bar.close()
+    else:
+        log.info(
+            "epoch %d: train loss %.3f acc %.3f | val loss %.3f acc %.3f | lr %.1e | %.1f s",
+            record["epoch"], record["train_loss"], record["train_acc"], record["val_loss"], record["val_acc"],
+            record["lr"], record["seconds"],
+        )
+
+
 class Trainer:
     def __init__(
         self,
@@ -288,8 +347,9 @@ class Trainer:
             x = spec_augment(x, self.aug, gen)
         return x.to(device=self.tc.device, memory_format=torch.channels_last)
 
-    def _train_epoch(self, model, optimizer, criterion, scaler, clip_windows, rng, gen, bar,
-                     heads: dict[str, torch.nn.Module], ema=None) -> tuple[float, float]:
+    def _train_epoch(self, learner: "_Learner", criterion, scaler: Scaler, clip_windows: list[np.ndarray],
+                     bar) -> tuple[float, float]:
+        model, optimizer, heads, rng, gen = learner.model, learner.optimizer, learner.heads, learner.rng, learner.gen
         model.train()
         if self.tc.random_window:
             picks = np.array([w[rng.integers(len(w))] for w in clip_windows])
@@ -320,8 +380,8 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if ema is not None:
-                ema.update_parameters(model)
+            if learner.ema is not None:
+                learner.ema.update_parameters(model)
             total_loss += float(loss.detach()) * len(rows)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(rows)
@@ -348,7 +408,8 @@ class Trainer:
         torch.set_num_threads(self.tc.threads or os.cpu_count() or 1)
         seed_everything(self.tc.seed)
         config, config_path = self.config_dict(), self.run_dir / "config.json"
-        if (self.run_dir / CHECKPOINT).is_file():
+        checkpoint = self.run_dir / CHECKPOINT
+        if checkpoint.is_file():
             previous = self.check_resumable(config)  # before anything in the folder is overwritten
             if previous is not None:
                 config = resumed_config(config, previous)
@@ -356,48 +417,21 @@ class Trainer:
         scaler.save(self.run_dir / "scaler.npz")
         config_path.write_text(json.dumps(config, indent=2))
 
-        model = build_model(self.mc, self.fc, self.tc.device)
-        train_labels = np.array([self.fs.clips[c].label_index for c in np.unique(self.fs.window_clip[self.rows["train"]])])
-        weights = torch.from_numpy(class_weights(train_labels, len(LABELS))).to(self.tc.device)
-        criterion = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=self.tc.label_smoothing)
-        heads = self._training_heads(model.classifier.in_features)
-        params = list(model.parameters()) + [p for head in heads.values() for p in head.parameters()]
-        optimizer = torch.optim.AdamW(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=self.tc.plateau_factor, patience=self.tc.plateau_patience
-        )
-        rng = np.random.default_rng(self.tc.seed)
-        gen = torch.Generator().manual_seed(self.tc.seed)
-        ema = averaged_model(model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None
-        scored = model if ema is None else ema.module  # the model that validation judges and that is saved
-        state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": -1, "stale": 0, "history": []}
-
-        checkpoint = self.run_dir / CHECKPOINT
+        criterion = self._criterion()
+        learner = self._learner()
         if checkpoint.is_file():
-            saved = torch.load(checkpoint, map_location=self.tc.device, weights_only=False)
-            model.load_state_dict(saved["model"])
-            for name, head in heads.items():
-                head.load_state_dict(saved[name])
-            if ema is not None:
-                ema.load_state_dict(saved["ema"])
-            optimizer.load_state_dict(saved["optimizer"])
-            plateau.load_state_dict(saved["plateau"])
-            rng.bit_generator.state = saved["numpy_rng"]
-            gen.set_state(saved["torch_gen"])
-            torch.set_rng_state(saved["torch_rng"])
-            state = saved["state"]
-            log.info("resumed %s at epoch %d", self.run_dir, state["epoch"])
-
+            learner.restore(torch.load(checkpoint, map_location=self.tc.device, weights_only=False))
+            log.info("resumed %s at epoch %d", self.run_dir, learner.state["epoch"])
+        state = learner.state
         clip_windows = self._train_clip_windows()
         n_batches = -(-len(clip_windows) // self.tc.batch_size)
         while state["epoch"] < self.tc.epochs and state["stale"] < self.tc.early_stop_patience:
             epoch = state["epoch"] + 1
             bar = _progress(n_batches, f"epoch {epoch}/{self.tc.epochs}") if self.progress else None
             started = time.perf_counter()
-            train_loss, train_acc = self._train_epoch(model, optimizer, criterion, scaler, clip_windows, rng, gen, bar,
-                                                      heads, ema)
-            val = self.evaluate(scored, scaler, "val")
-            plateau.step(val["loss"])
+            train_loss, train_acc = self._train_epoch(learner, criterion, scaler, clip_windows, bar)
+            val = self.evaluate(learner.scored, scaler, "val")
+            learner.plateau.step(val["loss"])
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -405,40 +439,46 @@ class Trainer:
                 "val_loss": val["loss"],
                 "val_acc": val["accuracy"],
                 "val_uar": val["uar"],
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": learner.optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
             }
             state["history"].append(record)
-            if bar is not None:
-                bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}", val_loss=f"{val['loss']:.3f}", val_acc=f"{val['accuracy']:.3f}")
-                bar.close()
-            else:
-                log.info(
-                    "epoch %d: train loss %.3f acc %.3f | val loss %.3f acc %.3f | lr %.1e | %.1f s",
-                    epoch, train_loss, train_acc, val["loss"], val["accuracy"], record["lr"], record["seconds"],
-                )
+            _report_epoch(record, bar)
             if val["loss"] < state["best_loss"]:
                 state.update(best_loss=val["loss"], best_epoch=epoch, stale=0)
-                save_atomic({"model": scored.state_dict(), "model_config": dataclasses.asdict(self.mc)},
+                save_atomic({"model": learner.scored.state_dict(), "model_config": dataclasses.asdict(self.mc)},
                             self.run_dir / BEST_WEIGHTS)
             else:
                 state["stale"] += 1
             state["epoch"] = epoch
-            save_atomic(
-                {
-                    "model": model.state_dict(),
-                    **{name: head.state_dict() for name, head in heads.items()},
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "plateau": plateau.state_dict(),
-                    "numpy_rng": rng.bit_generator.state,
-                    "torch_gen": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "state": state,
-                },
-                checkpoint,
-            )
+            save_atomic(learner.checkpoint(), checkpoint)
         return self.finish(state)
+
+    def _criterion(self) -> torch.nn.Module:
+        """Class-weighted (by the training clips), label-smoothed cross-entropy."""
+        train_labels = np.array([self.fs.clips[c].label_index for c in np.unique(self.fs.window_clip[self.rows["train"]])])
+        weights = torch.from_numpy(class_weights(train_labels, len(LABELS))).to(self.tc.device)
+        return torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=self.tc.label_smoothing)
+
+    def _learner(self) -> "_Learner":
+        """A fresh model, its training-only heads, optimiser, schedule, weight average and RNGs."""
+        model = build_model(self.mc, self.fc, self.tc.device)
+        heads = self._training_heads(model.classifier.in_features)
+        params = list(model.parameters()) + [p for head in heads.values() for p in head.parameters()]
+        optimizer = torch.optim.AdamW(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=self.tc.plateau_factor, patience=self.tc.plateau_patience
+        )
+        return _Learner(
+            model=model,
+            heads=heads,
+            optimizer=optimizer,
+            plateau=plateau,
+            rng=np.random.default_rng(self.tc.seed),
+            gen=torch.Generator().manual_seed(self.tc.seed),
+            ema=averaged_model(model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None,
+            state={"epoch": 0, "best_loss": float("inf"), "best_epoch": -1, "stale": 0, "history": []},
+        )
 
     def _training_heads(self, embed_dim: int) -> dict[str, torch.nn.Module]:
         """The training-only heads this config turns on, by checkpoint key."""
