@@ -345,6 +345,8 @@ def test_recipe_train_config_overrides():
     assert mixing.augment_config(mixup_alpha=None, reverb_prob=0.3).mixup_alpha == 0.4
     assert mixing.augment_config(mixup_alpha=None, reverb_prob=0.3).reverb_prob == 0.3
     assert mixing.augment_config(mixup_alpha=0.0).mixup_alpha == 0.0  # an explicit 0 turns it off
+    assert fast.model_config(mixstyle_prob=None) == fast.model
+    assert fast.model_config(mixstyle_prob=0.5) == dataclasses.replace(fast.model, mixstyle_prob=0.5)
 
 
 def test_cli_offers_every_recipe():
@@ -383,6 +385,50 @@ def test_stats_pooling_ignores_the_order_of_time_steps():
     assert not torch.allclose(flatten.pool_time(shuffled), flatten.pool_time(conv))
     with pytest.raises(ValueError, match="conv_time_pool"):
         ModelConfig(conv_time_pool="max")
+
+
+def test_mixstyle_mixes_two_examples_channel_statistics_in_training_only():
+    from ser_edge.models.parallel import STD_EPS, MixStyle, ModelConfig, ParallelModel
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 8, 10) * (0.5 + 3 * torch.rand(6, 4, 1, 1)) + 2 * torch.randn(6, 4, 1, 1)
+    mean = x.mean(dim=(2, 3))
+    std = torch.sqrt(x.var(dim=(2, 3)) + STD_EPS)
+    out = MixStyle(1.0, 0.1).train()(x)
+    out_mean = out.mean(dim=(2, 3))
+    out_std = torch.sqrt(out.var(dim=(2, 3)) + STD_EPS)
+    # Each example keeps its own normalised pattern...
+    torch.testing.assert_close((out - out_mean[..., None, None]) / out_std[..., None, None],
+                               (x - mean[..., None, None]) / std[..., None, None], atol=1e-4, rtol=1e-4)
+    # ...under statistics that mix its own with one other example's, by one weight for all channels.
+    mixed_with_another = 0
+    for i in range(len(x)):
+        fits = []
+        for j in range(len(x)):
+            weight = ((out_mean[i] - mean[j]) / (mean[i] - mean[j]))[0]
+            if (torch.allclose(out_mean[i], weight * mean[i] + (1 - weight) * mean[j], atol=1e-4)
+                    and torch.allclose(out_std[i], weight * std[i] + (1 - weight) * std[j], atol=1e-3)):
+                fits.append((j, float(weight)))
+        assert fits, f"example {i}: statistics are no mix of two examples'"
+        mixed_with_another += any(j != i and weight < 0.99 for j, weight in fits)
+    assert mixed_with_another >= len(x) // 2
+    # Identity at inference, with probability 0, and never drawn from the RNG then.
+    state = torch.get_rng_state()
+    torch.testing.assert_close(MixStyle(1.0, 0.1).eval()(x), x, rtol=0, atol=0)
+    torch.testing.assert_close(MixStyle(0.0, 0.1).train()(x), x, rtol=0, atol=0)
+    assert torch.equal(torch.get_rng_state(), state)
+    # A model with it on has the same weights and the same inference as one without.
+    plain, mixing = (ParallelModel(ModelConfig(mixstyle_prob=p)).eval() for p in (0.0, 1.0))
+    spectrogram = torch.randn(2, 1, 128, 563)
+    with torch.no_grad():
+        plain(spectrogram)
+        mixing(spectrogram)
+        mixing.load_state_dict(plain.state_dict())
+        torch.testing.assert_close(mixing(spectrogram), plain(spectrogram), rtol=0, atol=0)
+        mixing.train()
+        assert not torch.allclose(mixing.embed(spectrogram), plain.train().embed(spectrogram))
+    with pytest.raises(ValueError, match="mixstyle_prob"):
+        ModelConfig(mixstyle_prob=1.5)
 
 
 def test_grad_reverse_flips_and_scales_the_gradient():
@@ -491,6 +537,28 @@ def test_weight_ema_is_what_validation_judges_and_it_resumes(tmp_path):
     train(tmp_path / "resumed", 1, 0.9)
     resumed, _ = train(tmp_path / "resumed", 2, 0.9)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_mixstyle_trains_and_resumes_exactly(tmp_path):
+    """MixStyle's draws come from the checkpointed torch RNG: two epochs at once equal one
+    epoch resumed for a second; and it changes what is learned."""
+    from ser_edge.train.trainer import CHECKPOINT, TrainConfig, Trainer
+
+    fs, split = _random_feature_set()
+
+    def train(run_dir, epochs, prob):  # the last step's weights
+        tc = TrainConfig(epochs=epochs, batch_size=8, threads=1)
+        Trainer(run_dir, fs, split, feature_config=SMALL_FEATURES, train_config=tc,
+                model_config=small_model_config(utterance_norm=True, mixstyle_prob=prob),
+                augment=AugmentConfig.off()).run()
+        return torch.load(run_dir / CHECKPOINT, weights_only=False)["model"]
+
+    straight = train(tmp_path / "straight", 2, 1.0)
+    train(tmp_path / "resumed", 1, 1.0)
+    resumed = train(tmp_path / "resumed", 2, 1.0)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    plain = train(tmp_path / "plain", 2, 0.0)
+    assert not all(torch.equal(straight[k], plain[k]) for k in straight)
 
 
 def test_resuming_another_recipe_or_split_fails_before_the_run_is_touched(tmp_path):

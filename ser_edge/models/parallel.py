@@ -51,10 +51,21 @@ class ModelConfig:
     # seed: weights tied to time positions) or "stats" (mean and standard deviation over
     # time per channel and frequency row: invariant to where in the window speech sits).
     conv_time_pool: str = "flatten"
+    # MixStyle (Zhou et al., ICLR 2021) after the first CNN block, in training only: with
+    # this probability per batch, each example's per-channel mean and standard deviation
+    # over (freq, time) are replaced by a Beta(alpha, alpha) mix of its own and another
+    # example's, simulating new speakers' feature statistics. 0 = off; identity at inference,
+    # so it never reaches the exported graph.
+    mixstyle_prob: float = 0.0
+    mixstyle_alpha: float = 0.1
 
     def __post_init__(self) -> None:
         if self.conv_time_pool not in CONV_TIME_POOLS:
             raise ValueError(f"conv_time_pool must be one of {CONV_TIME_POOLS}, got {self.conv_time_pool!r}")
+        if not 0.0 <= self.mixstyle_prob <= 1.0:
+            raise ValueError(f"mixstyle_prob must be in [0, 1], got {self.mixstyle_prob}")
+        if self.mixstyle_alpha <= 0:
+            raise ValueError(f"mixstyle_alpha must be positive, got {self.mixstyle_alpha}")
         if self.n_mels // self.transformer_pool[0] != self.d_model:
             raise ValueError(
                 f"n_mels {self.n_mels} / freq pool {self.transformer_pool[0]} must equal d_model {self.d_model}"
@@ -82,6 +93,28 @@ class ConvBlock(nn.Sequential):
         )
 
 
+class MixStyle(nn.Module):
+    """Training-only mixing of per-channel feature statistics between examples (see
+    ``ModelConfig.mixstyle_prob``). Draws from torch's global RNG, which the trainer seeds
+    and checkpoints."""
+
+    def __init__(self, prob: float, alpha: float) -> None:
+        super().__init__()
+        self.prob = prob
+        self.alpha = alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.prob == 0 or len(x) < 2 or float(torch.rand(())) >= self.prob:
+            return x
+        mean = x.mean(dim=(2, 3), keepdim=True).detach()
+        std = torch.sqrt(x.var(dim=(2, 3), keepdim=True) + STD_EPS).detach()
+        weight = torch.distributions.Beta(self.alpha, self.alpha).sample((len(x), 1, 1, 1))
+        other = torch.randperm(len(x))
+        mixed_mean = weight * mean + (1 - weight) * mean[other]
+        mixed_std = weight * std + (1 - weight) * std[other]
+        return (x - mean) / std * mixed_std + mixed_mean
+
+
 class ParallelModel(nn.Module):
     def __init__(self, config: ModelConfig = ModelConfig()) -> None:
         super().__init__()
@@ -93,6 +126,7 @@ class ParallelModel(nn.Module):
                 for i in range(len(config.conv_channels))
             )
         )
+        self.mixstyle = MixStyle(config.mixstyle_prob, config.mixstyle_alpha)
         self.transformer_pool = nn.MaxPool2d(config.transformer_pool, stride=config.transformer_pool)
         layer = nn.TransformerEncoderLayer(
             d_model=config.d_model,
@@ -117,7 +151,7 @@ class ParallelModel(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.utterance_norm:
             x = x - x.mean(dim=-1, keepdim=True)
-        conv = self.pool_time(self.conv(x))
+        conv = self.pool_time(self.conv[1:](self.mixstyle(self.conv[0](x))))
         seq = self.transformer_pool(x).squeeze(1).transpose(1, 2)  # (B, T', d_model)
         trans = self.transformer(seq).mean(dim=1)
         return torch.cat([conv, trans], dim=1)

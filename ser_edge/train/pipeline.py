@@ -38,6 +38,10 @@ class Recipe:
         """This recipe's AugmentConfig with ``overrides`` (those not None)."""
         return dataclasses.replace(self.augment, **_given(overrides))
 
+    def model_config(self, **overrides: Any) -> ModelConfig:
+        """This recipe's ModelConfig with ``overrides`` (those not None)."""
+        return dataclasses.replace(self.model, **_given(overrides))
+
 
 def _given(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
@@ -117,6 +121,13 @@ RECIPES: dict[str, Recipe] = {
         AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
         {"random_window": True, "lr": 1e-3, "ema_decay": 0.99, "intensity_aux": 0.5},
         "fast-cmn-speed-wide-ema + a training-only intensity head (normal/strong, loss weight 0.5) on the shared embedding",
+    ),
+    "fast-cmn-speed-wide-ema-mixstyle": Recipe(
+        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True, mixstyle_prob=0.5,
+                    mixstyle_alpha=0.1),
+        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
+        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
+        "fast-cmn-speed-wide-ema + MixStyle after the first CNN block (p 0.5, alpha 0.1; training only)",
     ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
