@@ -44,11 +44,13 @@ def test_shipped_variants_match_the_files():
 @needs_data
 @pytest.mark.parametrize("variant", json.loads(PROVENANCE.read_text())["shipped"])
 def test_documented_test_actor_accuracy(variant):
-    from ser_edge.train.evaluate import evaluate_onnx
+    from ser_edge.train.evaluate import _exported_split, evaluate_onnx
 
     doc = documented()
     path = default_model_path() if variant == "fp32" else str(INT8)
+    assert _exported_split(EmotionClassifier(path).metadata) == doc["split"]  # what evaluate checks against
     result = evaluate_onnx(path, DATA_DIR, doc["split"]["test"]).summary
+    assert "not_held_out" not in result
     expected = doc["test_edge_runtime"][variant]["summary"]
     assert result["n"] == expected["n"]
     assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)

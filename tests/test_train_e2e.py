@@ -75,7 +75,9 @@ def test_train_reload_evaluate_export_classify(small_data, tmp_path, monkeypatch
 
     evaluated = runner.invoke(main, ["evaluate", str(run_dir), "--cache", str(cache), "--json", str(tmp_path / "eval.json")])
     assert evaluated.exit_code == 0, evaluated.output
-    assert f"actors {split['test']}" in evaluated.output
+    assert f"actors {split['test']}" in evaluated.output and "NOT HELD OUT" not in evaluated.output
+    seen = runner.invoke(main, ["evaluate", str(run_dir), "--cache", str(cache), "--actors", str(split["train"][0])])
+    assert seen.exit_code == 0 and f"NOT HELD OUT: the model was trained on actors [{split['train'][0]}]" in seen.output
     assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
 
     onnx_path = tmp_path / "model.onnx"

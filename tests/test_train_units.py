@@ -658,6 +658,27 @@ def test_evaluation_only_keeps_the_rows_of_the_chosen_actors():
         dataclasses.replace(ev, clip_actors=None).only([3])
 
 
+def test_an_evaluation_on_actors_the_model_has_seen_says_so():
+    import json
+
+    from ser_edge.train.evaluate import Evaluation, _exported_split, not_held_out
+
+    split = {"train": [1, 2, 3], "val": [4], "test": [5, 6]}
+    assert not_held_out(split, [5, 6]) == {} and not_held_out(None, [1]) == {}
+    assert not_held_out(split, [6, 4, 2, 1]) == {"train": [1, 2], "val": [4]}
+    ev = Evaluation([2, 4, 5], ("a",) * 8, np.array([0, 1, 2]), np.eye(3, 8), [], np.array([2, 4, 5]),
+                    not_held_out(split, [2, 4, 5]))
+    head = ev.report().splitlines()[1]
+    assert head == ("NOT HELD OUT: the model was trained on actors [2], validated (checkpoint chosen) on actors [4]; "
+                    "not a speaker-independent score")
+    assert ev.summary["not_held_out"] == {"train": [2], "val": [4]}
+    held_out = ev.only([5])
+    assert "not_held_out" not in held_out.summary and "NOT HELD OUT" not in held_out.report()
+    assert ev.only([4, 5]).not_held_out == {"val": [4]}
+    assert _exported_split({"provenance": json.dumps({"split_actors": split})}) == split
+    assert _exported_split({}) is None and _exported_split({"provenance": "not json"}) is None
+
+
 def test_a_failed_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
     from ser_edge.train.trainer import save_atomic
 

@@ -29,6 +29,9 @@ class Evaluation:
     probabilities: np.ndarray
     skipped: list[str]
     clip_actors: np.ndarray | None = None  # the actor of each evaluated clip, row for row
+    # Evaluated actors the model has seen: {"train": [...], "val": [...]}; empty when every
+    # evaluated actor is held out (or the model does not record its split).
+    not_held_out: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     def only(self, actors: Iterable[int]) -> "Evaluation":
         """The same evaluation restricted to the clips of ``actors``."""
@@ -40,18 +43,34 @@ class Evaluation:
             raise ValueError(f"actors {missing} were not evaluated (evaluated: {self.actors})")
         keep = np.isin(self.clip_actors, wanted)
         return dataclasses.replace(self, actors=wanted, y_true=self.y_true[keep],
-                                   probabilities=self.probabilities[keep], clip_actors=self.clip_actors[keep])
+                                   probabilities=self.probabilities[keep], clip_actors=self.clip_actors[keep],
+                                   not_held_out=not_held_out(self.not_held_out, wanted))
 
     @property
     def summary(self) -> dict[str, Any]:
         out = metrics.summary(self.y_true, self.probabilities.argmax(1), self.labels)
         out["ece"] = metrics.expected_calibration_error(self.probabilities, self.y_true)
         out["actors"] = self.actors
+        if self.not_held_out:
+            out["not_held_out"] = self.not_held_out
         return out
 
     def report(self) -> str:
-        head = f"actors {self.actors} ({len(self.y_true)} clips)\n\n"
-        return head + metrics.classification_report(self.y_true, self.probabilities.argmax(1), self.labels)
+        head = f"actors {self.actors} ({len(self.y_true)} clips)\n"
+        seen = ", ".join(SPLIT_ROLES[part].format(actors) for part, actors in self.not_held_out.items())
+        if seen:
+            head += f"NOT HELD OUT: the model was {seen}; not a speaker-independent score\n"
+        return head + "\n" + metrics.classification_report(self.y_true, self.probabilities.argmax(1), self.labels)
+
+
+SPLIT_ROLES = {"train": "trained on actors {}", "val": "validated (checkpoint chosen) on actors {}"}
+
+
+def not_held_out(split: Mapping[str, Iterable[int]] | None, actors: Iterable[int]) -> dict[str, list[int]]:
+    """Which of ``actors`` a model with this actor ``split`` has seen, by role (train, val)."""
+    evaluated = set(actors)
+    seen = {part: sorted(evaluated & set((split or {}).get(part, ()))) for part in SPLIT_ROLES}
+    return {part: members for part, members in seen.items() if members}
 
 
 def select_clips(data_dir: str | os.PathLike, actors: Iterable[int] | None) -> list[Clip]:
@@ -120,11 +139,21 @@ def evaluate_conditions(
             owners[name].append(clip.actor)
             probs[name].append([prediction.probabilities[label] for label in classifier.labels])
     evaluated = sorted({c.actor for c in clips})
+    seen = not_held_out(_exported_split(classifier.metadata), evaluated)
     return {
         name: Evaluation(evaluated, classifier.labels, np.array(y[name]), np.array(probs[name]), skipped[name],
-                         np.array(owners[name], dtype=np.int64))
+                         np.array(owners[name], dtype=np.int64), seen)
         for name in conditions
     }
+
+
+def _exported_split(metadata: Mapping[str, str]) -> dict[str, list[int]] | None:
+    """The actor split an exported model records in its provenance (None when it has none)."""
+    try:
+        split = json.loads(metadata.get("provenance", "{}")).get("split_actors")
+    except (ValueError, AttributeError):
+        return None
+    return split if isinstance(split, dict) else None
 
 
 def evaluate_run(
@@ -148,4 +177,6 @@ def evaluate_run(
     window_probs = predict_windows(model, fs.features, rows, Scaler.load(run_dir / "scaler.npz"), "cpu")
     probs, y = clip_level(fs, rows, window_probs)
     clip_actors = np.array([fs.clips[c].actor for c in np.unique(fs.window_clip[rows])], dtype=np.int64)
-    return Evaluation(sorted({c.actor for c in fs.clips}), tuple(config.get("labels", LABELS)), y, probs, [], clip_actors)
+    evaluated = sorted({c.actor for c in fs.clips})
+    return Evaluation(evaluated, tuple(config.get("labels", LABELS)), y, probs, [], clip_actors,
+                      not_held_out(config.get("split"), evaluated))
