@@ -168,7 +168,7 @@ def _train_modules():
 @click.option("--split-seed", type=int, help="Seed of the actor split / folds  [default: --seed]")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--actors", help="Restrict to these actors, e.g. 1,2,3,4 (for quick runs).")
-@click.option("--recipe", type=click.Choice(["default", "seed", "fast", "fast-cmn", "fast-cmn-speed", "fast-cmn-speed-wide", "fast-cmn-speed-ema", "fast-cmn-speed-wide-ema", "fast-cmn-shift-wide-ema", "fast-cmn-speed-wide-tempo-ema", "fast-cmn-speed-wide-ema-light", "fast-cmn-speed-wide-ema-int", "fast-cmn-speed-wide-ema-mixstyle", "default-stats", "fast-cmn-stats"]), default="fast-cmn-speed-wide-ema", show_default=True, help="Model/augmentation recipe (see train/pipeline.py RECIPES).")
+@click.option("--recipe", type=click.Choice(["default", "seed", "fast", "fast-cmn", "fast-cmn-speed", "fast-cmn-speed-wide", "fast-cmn-speed-ema", "fast-cmn-speed-wide-ema", "fast-cmn-shift-wide-ema", "fast-cmn-speed-wide-tempo-ema", "fast-cmn-speed-wide-ema-light", "fast-cmn-speed-wide-ema-int", "fast-cmn-speed-wide-ema-mixstyle", "fast-cmn-speed-wide-ema-pitch", "default-stats", "fast-cmn-stats"]), default="fast-cmn-speed-wide-ema", show_default=True, help="Model/augmentation recipe (see train/pipeline.py RECIPES).")
 @click.option("--only-fold", type=click.IntRange(min=0), help="With --folds: train just this fold (run folds in parallel).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="torch threads (0 = all cores).")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="All train-time augmentation.")
@@ -180,11 +180,12 @@ def _train_modules():
 @click.option("--reverb", type=click.FloatRange(0, 1), help="Probability of synthetic-room reverberation per training window  [default: the recipe's]")
 @click.option("--bandlimit", type=click.FloatRange(0, 1), help="Probability of 8/16 kHz band-limiting per training window  [default: the recipe's]")
 @click.option("--speed", type=click.FloatRange(0, 1), help="Probability of speed perturbation (the recipe's range, 0.9-1.1x unless it says otherwise) per training window  [default: the recipe's]")
+@click.option("--pitch", type=click.FloatRange(0, 1), help="Probability of a pitch shift that keeps the formants (the recipe's range, 0.85-1.18x unless it says otherwise) per training window  [default: the recipe's]")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True, help="Feature cache folder.")
 @click.option("--strict", is_flag=True, help="Fail on any file that is not a readable RAVDESS speech clip.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_seed, device, actors, recipe, only_fold, threads, augment,
-          mixup, speaker_adversarial, intensity_aux, mixstyle, ema_decay, reverb, bandlimit, speed, cache_dir, strict, quiet) -> None:
+          mixup, speaker_adversarial, intensity_aux, mixstyle, ema_decay, reverb, bandlimit, speed, pitch, cache_dir, strict, quiet) -> None:
     """Train a ParallelModel on RAVDESS-named clips with an actor-wise split."""
     pipeline = _train_modules()
     from ser_edge.edge_runtime.features import FeatureConfig
@@ -223,7 +224,8 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
                                          speaker_adversarial=speaker_adversarial, intensity_aux=intensity_aux,
                                          ema_decay=ema_decay),
         model_config=chosen.model_config(mixstyle_prob=mixstyle),
-        augment=chosen.augment_config(mixup_alpha=mixup, reverb_prob=reverb, bandlimit_prob=bandlimit, speed_prob=speed)
+        augment=chosen.augment_config(mixup_alpha=mixup, reverb_prob=reverb, bandlimit_prob=bandlimit, speed_prob=speed,
+                                     pitch_prob=pitch)
         if augment else AugmentConfig.off(),
         progress=not quiet,
     )

@@ -254,6 +254,75 @@ def test_speed_perturbation_is_off_unless_asked():
     assert not np.allclose(feats, log_mel(waves, config))
 
 
+def test_power_spectrogram_then_mel_db_is_the_front_end():
+    from ser_edge.edge_runtime.features import log_mel, mel_db, power_spectrogram
+
+    config = FeatureConfig()
+    waves = np.random.default_rng(3).standard_normal((2, config.n_samples)).astype(np.float32)
+    np.testing.assert_allclose(mel_db(power_spectrogram(waves, config), config), log_mel(waves, config), atol=1e-3)
+
+
+VOWEL_F0_HZ = 220
+
+
+def _vowel(config: FeatureConfig) -> np.ndarray:
+    """A steady vowel: harmonics of 220 Hz shaped by formants at 700 and 2200 Hz."""
+    t = np.arange(config.n_samples) / config.sample_rate
+    envelope = lambda f: np.exp(-(((f - 700) / 300) ** 2)) + 0.5 * np.exp(-(((f - 2200) / 400) ** 2)) + 0.02
+    return sum(envelope(VOWEL_F0_HZ * k) * np.sin(2 * np.pi * VOWEL_F0_HZ * k * t) for k in range(1, 80)).astype(np.float32)
+
+
+@pytest.mark.parametrize("factor", [0.85, 1.18])
+def test_pitch_shift_moves_the_harmonics_and_keeps_the_formants(factor):
+    from ser_edge.edge_runtime.features import power_spectrogram
+    from ser_edge.train.augment import _lifter_bases, pitch_shift_power, speed_perturb
+
+    config = FeatureConfig()
+    wave = _vowel(config)
+    power = power_spectrogram(wave[None], config)[0]
+    steady = slice(100, 400)  # frames away from the clip's zero-padded edges
+
+    def pitch_period(p):  # in samples: the real cepstrum's peak
+        cepstrum = np.fft.irfft(np.log(p[steady] + 1e-20), n=config.n_fft, axis=-1).mean(axis=0)
+        lags = np.arange(80, 500)
+        return lags[np.argmax(cepstrum[lags])]
+
+    analysis, synthesis = _lifter_bases(config)
+
+    def envelope_db(p):
+        return 10 / np.log(10) * ((np.log(p[steady] + 1e-20) @ analysis) @ synthesis).mean(axis=0)
+
+    shifted = pitch_shift_power(power, factor, config)
+    assert shifted.shape == power.shape and shifted.dtype == np.float32
+    assert pitch_period(power) == pytest.approx(config.sample_rate / VOWEL_F0_HZ, abs=1)
+    assert pitch_period(shifted) == pytest.approx(config.sample_rate / (VOWEL_F0_HZ * factor), abs=1)
+    # Formants: the envelope moves far less than under speed perturbation by the same factor.
+    freqs = np.arange(config.n_bins) * config.sample_rate / config.n_fft
+    band = (freqs > 300) & (freqs < 4_000)
+    sped = power_spectrogram(speed_perturb(wave, factor)[None], config)[0]
+    kept = np.abs(envelope_db(shifted) - envelope_db(power))[band].mean()
+    moved = np.abs(envelope_db(sped) - envelope_db(power))[band].mean()
+    assert kept < 3.0 < 6.0 < moved
+    np.testing.assert_allclose(pitch_shift_power(power, 1.0, config), power, rtol=1e-4, atol=1e-12)
+
+
+def test_pitch_shift_is_off_unless_asked_and_reaches_the_features():
+    from ser_edge.edge_runtime.features import log_mel
+    from ser_edge.train.augment import waveform_log_mel
+
+    config = FeatureConfig()
+    waves = np.stack([_vowel(config), _vowel(config)[::-1].copy()])
+    assert not AugmentConfig(noise_prob=0).touches_waveform
+    shifting = AugmentConfig(noise_prob=0, pitch_prob=1.0, pitch_range=(1.15, 1.15))
+    assert shifting.touches_waveform
+    chosen, feats = waveform_log_mel(waves, config, shifting, np.random.default_rng(0))
+    assert list(chosen) == [0, 1] and feats.shape == (2, config.n_mels, config.n_frames)
+    assert np.abs(feats - log_mel(waves, config)).max() > 10
+    same = dataclasses.replace(shifting, pitch_range=(1.0, 1.0))
+    np.testing.assert_allclose(waveform_log_mel(waves, config, same, np.random.default_rng(0))[1],
+                               log_mel(waves, config), atol=1e-3)
+
+
 BURST_HZ, BURST_START_S, BURST_END_S = 2_000, 1.0, 1.6
 
 

@@ -276,6 +276,11 @@ def _log_mel_rows(batch: np.ndarray, config: FeatureConfig) -> np.ndarray:
     db = np.empty((len(batch), config.n_mels, squares.shape[1]), dtype=np.float32)
     for mel_rows, columns, band in _mel_bands(config):  # mel power = filterbank @ (re^2 + im^2)
         np.matmul(band, squares[:, :, columns].transpose(0, 2, 1), out=db[:, mel_rows])
+    return _power_to_db(db, config)
+
+
+def _power_to_db(db: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """``(b, n_mels, frames)`` float32 mel power -> dB below each row's peak, in place."""
     np.maximum(db, np.float32(config.amin), out=db)
     np.log10(db, out=db)
     db *= np.float32(10.0)
@@ -283,3 +288,19 @@ def _log_mel_rows(batch: np.ndarray, config: FeatureConfig) -> np.ndarray:
     db -= np.maximum(peak, np.float32(10.0 * np.log10(config.amin)))
     np.maximum(db, np.float32(-config.top_db), out=db)
     return db
+
+
+# The two halves of ``log_mel``, for training-time augmentation that edits the power
+# spectrum between them (a pitch shift that keeps the formants). ``log_mel`` itself does not
+# call them: its banded product never forms the power spectrum. A test checks that
+# ``mel_db(power_spectrogram(x))`` equals ``log_mel(x)``.
+def power_spectrogram(batch: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """``(b, n)`` samples -> ``(b, frames, n_bins)`` float32 ``|STFT|**2`` (a new array)."""
+    squares = _squared_spectrum(np.atleast_2d(np.asarray(batch, dtype=np.float32)), config)
+    return squares[:, :, 0::2] + squares[:, :, 1::2]
+
+
+def mel_db(power: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """``(b, frames, n_bins)`` power spectrum -> ``(b, n_mels, frames)`` float32 log-mel."""
+    mel = np.matmul(mel_filterbank(config), np.asarray(power, dtype=np.float32).transpose(0, 2, 1))
+    return _power_to_db(np.ascontiguousarray(mel, dtype=np.float32), config)

@@ -13,6 +13,12 @@
   impulse response (exponentially decaying noise, random RT60).
 * Band-limiting (optional, off by default): the waveform downsampled to 8 or 16 kHz and
   back, as a phone line or a cheap microphone delivers it.
+* Pitch shift that keeps the formants (optional, off by default): each frame's log power
+  spectrum is split by cepstral liftering into a smooth envelope (formants, vocal tract)
+  and a fine structure (the harmonics of the pitch); the fine structure is moved along the
+  frequency axis by a random factor and put back on the unchanged envelope. Pitch varies
+  while formants and tempo stay: the speaker's voice source changes, not the vocal tract.
+  It acts on the magnitude spectrum only (the features keep no phase).
 * Tempo perturbation (optional, off by default): the log-mel frames stretched in time by a
   random factor, so the speaking rate varies while pitch and formants stay.
 * Frequency warp: the log-mel's mel axis is stretched by a random factor, a cheap stand-in
@@ -24,12 +30,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ser_edge.edge_runtime.features import FeatureConfig, log_mel
+from ser_edge.edge_runtime.features import FeatureConfig, log_mel, mel_db, power_spectrogram
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,20 +59,24 @@ class AugmentConfig:
     speed_keep_tempo: bool = False  # stretch the frames back: frequencies scaled, tempo kept
     tempo_prob: float = 0.0  # log-mel frames stretched in time: speaking rate varies, pitch does not
     tempo_range: tuple[float, float] = (0.8, 1.2)
+    pitch_prob: float = 0.0  # harmonics moved, envelope kept: pitch varies, formants and tempo do not
+    pitch_range: tuple[float, float] = (0.85, 1.18)  # frequency factor (about -2.8 to +2.9 semitones)
 
     @classmethod
     def off(cls) -> "AugmentConfig":
         return cls(noise_prob=0.0, warp_prob=0.0, freq_masks=0, time_masks=0, mixup_alpha=0.0,
-                   reverb_prob=0.0, bandlimit_prob=0.0, speed_prob=0.0, tempo_prob=0.0)
+                   reverb_prob=0.0, bandlimit_prob=0.0, speed_prob=0.0, tempo_prob=0.0, pitch_prob=0.0)
 
     @property
     def touches_waveform(self) -> bool:
-        return self.noise_prob > 0 or self.reverb_prob > 0 or self.bandlimit_prob > 0 or self.speed_prob > 0
+        return (self.noise_prob > 0 or self.reverb_prob > 0 or self.bandlimit_prob > 0 or self.speed_prob > 0
+                or self.pitch_prob > 0)
 
     @classmethod
     def from_dict(cls, values: dict) -> "AugmentConfig":
         values = dict(values)
-        for key in ("noise_snr_db", "warp_range", "reverb_rt60_s", "bandlimit_rates", "speed_range", "tempo_range"):
+        for key in ("noise_snr_db", "warp_range", "reverb_rt60_s", "bandlimit_rates", "speed_range", "tempo_range",
+                    "pitch_range"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -112,6 +123,58 @@ def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
     return np.interp(positions, np.arange(len(wave)), wave, right=0.0).astype(np.float32)
 
 
+# Cepstral cut-off between a spectrum's envelope and its harmonics: quefrencies up to 1.2 ms
+# are the envelope. Pitch periods are longer (2.5 ms and more for voices below 400 Hz), so
+# the harmonics stay in the fine structure and the formants (about 1 kHz apart) in the
+# envelope.
+ENVELOPE_LIFTER_S = 1.2e-3
+
+
+@functools.lru_cache(maxsize=4)
+def _lifter_bases(config: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(analysis, synthesis) cosine bases: ``envelope = log_power @ analysis @ synthesis``.
+
+    The same as taking the real cepstrum (``irfft`` of the log power over ``n_fft``), zeroing
+    quefrencies above ``ENVELOPE_LIFTER_S`` (and their mirror), and ``rfft`` back, as two
+    small products instead of two FFTs per frame.
+    """
+    cut = int(round(ENVELOPE_LIFTER_S * config.sample_rate))
+    bins, quefrencies = np.arange(config.n_bins), np.arange(cut + 1)
+    cosines = np.cos(2.0 * np.pi * np.outer(bins, quefrencies) / config.n_fft)  # (n_bins, cut + 1)
+    bin_weight = np.full(config.n_bins, 2.0)  # the one-sided spectrum counts inner bins twice
+    bin_weight[[0, -1]] = 1.0
+    quefrency_weight = np.full(cut + 1, 2.0)  # quefrency q and its mirror n_fft - q
+    quefrency_weight[0] = 1.0
+    analysis = (cosines * bin_weight[:, None] / config.n_fft).astype(np.float32)
+    synthesis = (cosines * quefrency_weight[None, :]).T.astype(np.float32)
+    return analysis, synthesis
+
+
+def pitch_shift_power(power: np.ndarray, factor: float, config: FeatureConfig) -> np.ndarray:
+    """``(frames, n_bins)`` power spectrum with its harmonics moved ``factor`` times up in
+    frequency and its envelope kept (float32, a new array).
+
+    ``log power = envelope + fine``, the envelope being the real cepstrum's quefrencies up to
+    ``ENVELOPE_LIFTER_S``. The fine structure is read at ``bin / factor`` (linear
+    interpolation; bins past the top read the top bin) and added back to the envelope.
+    """
+    analysis, synthesis = _lifter_bases(config)
+    log_power = np.log(np.maximum(power, np.float32(config.amin), dtype=np.float32))
+    envelope = (log_power @ analysis) @ synthesis
+    fine = log_power - envelope
+    source = np.minimum(np.arange(config.n_bins) / factor, config.n_bins - 1)
+    left = np.minimum(np.floor(source).astype(np.intp), config.n_bins - 2)
+    weight = (source - left).astype(np.float32)
+    envelope += fine[:, left] * (1.0 - weight) + fine[:, left + 1] * weight
+    return np.exp(envelope, out=envelope)
+
+
+def pitch_shift_log_mel(wave: np.ndarray, factor: float, config: FeatureConfig) -> np.ndarray:
+    """Log-mel ``(n_mels, frames)`` of ``wave`` with its pitch moved by ``factor``, formants kept."""
+    power = power_spectrogram(wave[None], config)[0]
+    return mel_db(pitch_shift_power(power, factor, config)[None], config)[0]
+
+
 def stretch_frames(features: np.ndarray, rate: float, floor_db: float) -> np.ndarray:
     """The log-mel ``(n_mels, frames)`` played ``rate`` times faster: frame ``j`` of the
     result is frame ``j * rate`` of the input (linear interpolation), frequencies unchanged.
@@ -141,7 +204,8 @@ def tempo_perturb(features: np.ndarray, aug: "AugmentConfig", rng: np.random.Gen
 def waveform_log_mel(
     waves: np.ndarray, config: FeatureConfig, aug: AugmentConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Speed / reverb / band-limit / AWGN on some rows' waveforms; return (row indices, new log-mel)."""
+    """Speed / reverb / band-limit / AWGN on some rows' waveforms, then their log-mel (with the
+    pitch shifted on some); return (row indices, new log-mel)."""
     n = len(waves)
     reverb = rng.random(n) < aug.reverb_prob
     narrow = rng.random(n) < aug.bandlimit_prob
@@ -149,7 +213,8 @@ def waveform_log_mel(
     # Drawn only when enabled, so the random stream (and every result) of recipes without
     # speed perturbation stays what it was.
     speed = rng.random(n) < aug.speed_prob if aug.speed_prob > 0 else np.zeros(n, bool)
-    chosen = np.flatnonzero(reverb | narrow | noise | speed)
+    pitch = rng.random(n) < aug.pitch_prob if aug.pitch_prob > 0 else np.zeros(n, bool)
+    chosen = np.flatnonzero(reverb | narrow | noise | speed | pitch)
     if len(chosen) == 0:
         return chosen, np.empty((0, config.n_mels, config.n_frames), np.float32)
     out = np.array(waves[chosen], dtype=np.float32)
@@ -166,7 +231,12 @@ def waveform_log_mel(
     if noisy.any():
         snr = rng.uniform(*aug.noise_snr_db, size=int(noisy.sum()))
         out[noisy] = add_noise(out[noisy], snr, rng)
-    features = log_mel(out, config)
+    shifted = pitch[chosen]
+    features = np.empty((len(chosen), config.n_mels, 1 + out.shape[1] // config.hop_length), np.float32)
+    if not shifted.all():
+        features[~shifted] = log_mel(out[~shifted], config)
+    for i, pitch_factor in zip(np.flatnonzero(shifted), rng.uniform(*aug.pitch_range, size=int(shifted.sum()))):
+        features[i] = pitch_shift_log_mel(out[i], pitch_factor, config)
     if aug.speed_keep_tempo:
         for i in np.flatnonzero(speed[chosen]):
             # The speed change put original time t at t / factor: play it 1 / factor as fast.

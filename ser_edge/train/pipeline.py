@@ -129,6 +129,12 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
         "fast-cmn-speed-wide-ema + MixStyle after the first CNN block (p 0.5, alpha 0.1; training only)",
     ),
+    "fast-cmn-speed-wide-ema-pitch": Recipe(
+        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2), pitch_prob=0.5, pitch_range=(0.85, 1.18)),
+        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
+        "fast-cmn-speed-wide-ema + a pitch shift that keeps the formants and the tempo (0.85-1.18x) on half the training windows",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
