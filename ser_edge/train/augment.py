@@ -123,6 +123,14 @@ def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
     return np.interp(positions, np.arange(len(wave)), wave, right=0.0).astype(np.float32)
 
 
+def _read_last_axis(values: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """``values`` read at fractional positions ``source`` (in ``[0, n - 1]``) of its last axis,
+    by linear interpolation between the two neighbouring entries."""
+    left = np.minimum(np.floor(source).astype(np.intp), values.shape[-1] - 2)
+    weight = (source - left).astype(np.float32)
+    return values[..., left] * (1.0 - weight) + values[..., left + 1] * weight
+
+
 # Cepstral cut-off between a spectrum's envelope and its harmonics: quefrencies up to 1.2 ms
 # are the envelope. Pitch periods are longer (2.5 ms and more for voices below 400 Hz), so
 # the harmonics stay in the fine structure and the formants (about 1 kHz apart) in the
@@ -162,10 +170,7 @@ def pitch_shift_power(power: np.ndarray, factor: float, config: FeatureConfig) -
     log_power = np.log(np.maximum(power, np.float32(config.amin), dtype=np.float32))
     envelope = (log_power @ analysis) @ synthesis
     fine = log_power - envelope
-    source = np.minimum(np.arange(config.n_bins) / factor, config.n_bins - 1)
-    left = np.minimum(np.floor(source).astype(np.intp), config.n_bins - 2)
-    weight = (source - left).astype(np.float32)
-    envelope += fine[:, left] * (1.0 - weight) + fine[:, left + 1] * weight
+    envelope += _read_last_axis(fine, np.minimum(np.arange(config.n_bins) / factor, config.n_bins - 1))
     return np.exp(envelope, out=envelope)
 
 
@@ -185,10 +190,8 @@ def stretch_frames(features: np.ndarray, rate: float, floor_db: float) -> np.nda
     n_frames = features.shape[-1]
     source = np.arange(n_frames, dtype=np.float64) * rate
     inside = source <= n_frames - 1
-    left = np.minimum(np.floor(source[inside]).astype(np.intp), n_frames - 2)
-    weight = (source[inside] - left).astype(np.float32)
     out = np.full_like(features, floor_db)
-    out[:, inside] = features[:, left] * (1.0 - weight) + features[:, left + 1] * weight
+    out[:, inside] = _read_last_axis(features, source[inside])
     return out
 
 
