@@ -181,16 +181,21 @@ def _train_modules():
 @click.option("--bandlimit", type=click.FloatRange(0, 1), help="Probability of 8/16 kHz band-limiting per training window  [default: the recipe's]")
 @click.option("--speed", type=click.FloatRange(0, 1), help="Probability of speed perturbation (the recipe's range, 0.9-1.1x unless it says otherwise) per training window  [default: the recipe's]")
 @click.option("--pitch", type=click.FloatRange(0, 1), help="Probability of a pitch shift that keeps the formants (the recipe's range, 0.85-1.18x unless it says otherwise) per training window  [default: the recipe's]")
+@click.option("--teacher", "teachers", multiple=True, type=click.Path(file_okay=False, exists=True), help="Distil from this run folder (with --folds: this cross-validation's fold_k for fold k), trained on the same split; repeatable.")
+@click.option("--distill", type=click.FloatRange(0, 1), help="Weight of the loss that matches the teachers' mean probabilities (needs --teacher)  [default: the recipe's, 0]")
+@click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), help="Softmax temperature of distillation  [default: the recipe's, 2]")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True, help="Feature cache folder.")
 @click.option("--strict", is_flag=True, help="Fail on any file that is not a readable RAVDESS speech clip.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_seed, device, actors, recipe, only_fold, threads, augment,
-          mixup, speaker_adversarial, intensity_aux, mixstyle, ema_decay, reverb, bandlimit, speed, pitch, cache_dir, strict, quiet) -> None:
+          mixup, speaker_adversarial, intensity_aux, mixstyle, ema_decay, reverb, bandlimit, speed, pitch, teachers, distill,
+          distill_temperature, cache_dir, strict, quiet) -> None:
     """Train a ParallelModel on RAVDESS-named clips with an actor-wise split."""
     pipeline = _train_modules()
     from ser_edge.edge_runtime.features import FeatureConfig
     from ser_edge.train.augment import AugmentConfig
     from ser_edge.train.data import split_actors
+    from ser_edge.train.distill import DEFAULT_DISTILL_WEIGHT
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if device.startswith("cuda"):
@@ -217,12 +222,20 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         present = sorted(wanted)
     chosen = pipeline.RECIPES[recipe]
     split_seed = seed if split_seed is None else split_seed
+    train_config = chosen.train_config(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                                       early_stop_patience=patience, threads=threads,
+                                       speaker_adversarial=speaker_adversarial, intensity_aux=intensity_aux,
+                                       ema_decay=ema_decay, distill_weight=distill, distill_temperature=distill_temperature)
+    if teachers and train_config.distill_weight == 0:
+        if distill is not None:
+            raise _fail("--teacher needs a --distill weight above 0", EXIT_USAGE)
+        train_config = dataclasses.replace(train_config, distill_weight=DEFAULT_DISTILL_WEIGHT)
+    if train_config.distill_weight > 0 and not teachers:
+        raise _fail("--distill needs the teachers' run folders (--teacher)", EXIT_USAGE)
     kwargs = dict(
         feature_config=feature_config,
-        train_config=chosen.train_config(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
-                                         early_stop_patience=patience, threads=threads,
-                                         speaker_adversarial=speaker_adversarial, intensity_aux=intensity_aux,
-                                         ema_decay=ema_decay),
+        train_config=train_config,
+        teachers=teachers,
         model_config=chosen.model_config(mixstyle_prob=mixstyle),
         augment=chosen.augment_config(mixup_alpha=mixup, reverb_prob=reverb, bandlimit_prob=bandlimit, speed_prob=speed,
                                      pitch_prob=pitch)

@@ -692,20 +692,27 @@ def test_feature_cache_hits_across_path_spellings_and_rewrites_atomically(tmp_pa
     assert not list((tmp_path / "cache").glob("features-*/.*.tmp"))
 
 
-def test_cli_split_seed_defaults_to_seed_and_is_separate(monkeypatch, tmp_path):
+def _cli_with_fake_data(monkeypatch, cross_validate):
+    """``ser-edge train`` on 20 fake actors, with ``cross_validate`` standing in for the
+    pipeline's; returns a click test runner."""
     from click.testing import CliRunner
 
-    from ser_edge.cli import main
     from ser_edge.train import pipeline
     from ser_edge.train.data import Clip
 
     clips = [Clip(f"a{a}.wav", 3, 1, 1, 1, 1, 1, a) for a in ACTORS]
     prepared = pipeline.Prepared(FeatureSet(clips, None, None, np.arange(len(clips)), np.zeros(len(clips))), "h", [], "/d")
-    seen = []
     monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: prepared)
-    monkeypatch.setattr(pipeline, "cross_validate",
-                        lambda prepared, folds, out, *, seed, train_config, **k: seen.append((seed, train_config.seed)))
-    runner = CliRunner()
+    monkeypatch.setattr(pipeline, "cross_validate", cross_validate)
+    return CliRunner()
+
+
+def test_cli_split_seed_defaults_to_seed_and_is_separate(monkeypatch, tmp_path):
+    from ser_edge.cli import main
+
+    seen = []
+    runner = _cli_with_fake_data(
+        monkeypatch, lambda prepared, folds, out, *, seed, train_config, **k: seen.append((seed, train_config.seed)))
     for extra, want in (([], (3, 3)), (["--split-seed", "0"], (0, 3))):
         result = runner.invoke(main, ["train", str(tmp_path), "--folds", "5", "--seed", "3", "--quiet", *extra])
         assert result.exit_code == 0, result.output
@@ -787,3 +794,133 @@ def test_a_front_end_rounding_change_makes_a_new_feature_cache_and_refuses_old_r
             run.check_resumable()
     finally:
         data.front_end_fingerprint.cache_clear()  # no fingerprint of the patched front-end outlives the test
+
+
+def test_distillation_loss_is_t2_kl_and_zero_at_the_teacher():
+    from ser_edge.train.distill import distillation_loss
+
+    gen = torch.Generator().manual_seed(0)
+    teacher_logits, student_logits = torch.randn(4, 8, generator=gen), torch.randn(4, 8, generator=gen)
+    for temperature in (1.0, 2.0):
+        teacher = torch.softmax(teacher_logits / temperature, dim=1)
+        at_teacher = distillation_loss(teacher_logits, teacher, temperature)
+        assert abs(float(at_teacher)) < 1e-6
+        student = torch.softmax(student_logits / temperature, dim=1)
+        kl = (teacher * (teacher.log() - student.log())).sum(1).mean()
+        torch.testing.assert_close(distillation_loss(student_logits, teacher, temperature), temperature**2 * kl)
+    # Its gradient moves the student towards the teacher.
+    logits = student_logits.clone().requires_grad_(True)
+    teacher = torch.softmax(teacher_logits / 2, dim=1)
+    before = distillation_loss(logits, teacher, 2.0)
+    before.backward()
+    before = before.detach()
+    after = distillation_loss(logits.detach() - 0.5 * logits.grad, teacher, 2.0)
+    assert float(after) < float(before)
+
+
+def _emotion_feature_set():
+    """Log-mels of 5 actors x 8 emotions with an emotion-specific spectral pattern, split 3/1/1;
+    and the same features labelled with the next emotion (a teacher with other answers)."""
+    from ser_edge.train.data import Clip, Split
+
+    clips = [Clip(f"{a}-{e}.wav", 3, 1, e, 1, 1, 1, a) for a in (1, 2, 3, 4, 5) for e in range(1, 9)]
+    rng = np.random.default_rng(0)
+    patterns = rng.normal(0, 10, (8, 32, 1))
+    features = (rng.normal(-40, 10, (len(clips), 32, SMALL_FEATURES.n_frames))
+                + patterns[[c.emotion - 1 for c in clips]]).astype(np.float32)
+    fs = FeatureSet(clips, features, None, np.arange(len(clips)), np.zeros(len(clips)))
+    rotated = [dataclasses.replace(c, emotion=c.emotion % 8 + 1) for c in clips]
+    return fs, FeatureSet(rotated, features, None, fs.window_clip, fs.window_start_s), Split(train=(1, 2, 3), val=(4,), test=(5,))
+
+
+def test_a_distilled_student_learns_its_teachers_answers_and_records_them(tmp_path):
+    """A teacher trained on shifted labels; a student distilled from it alone (weight 1) ends
+    agreeing with it, where the same student trained on the labels does not. The student's
+    config names the teacher and its weights' digest; resuming with another teacher fails."""
+    import json
+
+    from ser_edge.train.trainer import CHECKPOINT, ResumeMismatchError, TrainConfig, Trainer, build_model, predict_windows
+
+    fs, shifted, split = _emotion_feature_set()
+    mc = small_model_config()
+    tc = TrainConfig(epochs=8, batch_size=8, threads=1, lr=3e-3)
+
+    def trainer(run_dir, feature_set, **kwargs):
+        teachers = kwargs.pop("teachers", ())
+        return Trainer(run_dir, feature_set, split, feature_config=SMALL_FEATURES, model_config=mc,
+                       train_config=dataclasses.replace(tc, **kwargs), augment=AugmentConfig.off(),
+                       teachers=teachers, progress=False)
+
+    teacher_run = trainer(tmp_path / "teacher", shifted)
+    teacher_run.run()
+    trainer(tmp_path / "student", fs, distill_weight=1.0, distill_temperature=1.0, teachers=[tmp_path / "teacher"]).run()
+    trainer(tmp_path / "plain", fs).run()
+
+    rows = teacher_run.rows["train"]
+    scaler = Scaler.load(tmp_path / "teacher" / "scaler.npz")
+
+    def answers(run_dir, key):
+        model = build_model(mc, SMALL_FEATURES, "cpu")
+        saved = torch.load(run_dir / key, weights_only=False)
+        model.load_state_dict(saved["model"])
+        return predict_windows(model, fs.features, rows, scaler, "cpu").argmax(1)
+
+    taught = answers(tmp_path / "teacher", "best_parallel_ser.pt")
+    assert (taught == shifted.labels[rows]).mean() > 0.9  # the teacher learned the shifted labels
+    # The students' last weights (the student's own validation labels disagree with its teacher).
+    student, plain = answers(tmp_path / "student", CHECKPOINT), answers(tmp_path / "plain", CHECKPOINT)
+    assert (plain == fs.labels[rows]).mean() > 0.9
+    assert (student == taught).mean() > (plain == taught).mean() + 0.5
+
+    config = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert config["train"]["distill_weight"] == 1.0
+    assert config["teachers"]["runs"] == [str(tmp_path / "teacher")]
+    assert len(config["teachers"]["weights_sha256"][0]) == 16
+    with pytest.raises(ResumeMismatchError, match="teachers.weights_sha256"):
+        trainer(tmp_path / "student", fs, epochs=9, distill_weight=1.0, distill_temperature=1.0,
+                teachers=[tmp_path / "plain"]).run()
+
+
+def test_a_teacher_must_be_a_finished_run_of_the_students_split(tmp_path):
+    from ser_edge.train.data import Split
+    from ser_edge.train.distill import TeacherError
+    from ser_edge.train.trainer import TrainConfig, Trainer
+
+    fs, _, split = _emotion_feature_set()
+    tc = TrainConfig(epochs=1, batch_size=8, threads=1)
+
+    def trainer(run_dir, run_split, teachers=(), weight=0.0):
+        return Trainer(run_dir, fs, run_split, feature_config=SMALL_FEATURES, model_config=small_model_config(),
+                       train_config=dataclasses.replace(tc, distill_weight=weight), augment=AugmentConfig.off(),
+                       teachers=teachers, progress=False)
+
+    other = Split(train=(1, 2, 4), val=(3,), test=(5,))
+    trainer(tmp_path / "other", other).run()
+    with pytest.raises(TeacherError, match="another actor split") as caught:
+        trainer(tmp_path / "student", split, [tmp_path / "other"], 0.5).run()
+    assert caught.value.path == str(tmp_path / "other")
+    with pytest.raises(TeacherError, match="not a trained run folder"):
+        trainer(tmp_path / "student", split, [tmp_path / "missing"], 0.5).run()
+    with pytest.raises(ValueError, match="teacher runs and a distill weight"):
+        trainer(tmp_path / "student", split, [tmp_path / "other"], 0.0)
+    with pytest.raises(ValueError, match="teacher runs and a distill weight"):
+        trainer(tmp_path / "student", split, (), 0.5)
+
+
+def test_cli_distillation_options(monkeypatch, tmp_path):
+    from ser_edge.cli import main
+
+    seen = []
+    runner = _cli_with_fake_data(
+        monkeypatch, lambda prepared, folds, out, *, train_config, teachers, **k: seen.append((train_config, teachers)))
+    base = ["train", str(tmp_path), "--folds", "5", "--quiet"]
+    result = runner.invoke(main, [*base, "--teacher", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen[-1][0].distill_weight == 0.5 and seen[-1][1] == (str(tmp_path),)  # the default weight
+    result = runner.invoke(main, [*base, "--teacher", str(tmp_path), "--distill", "0.7", "--distill-temperature", "3"])
+    assert result.exit_code == 0 and (seen[-1][0].distill_weight, seen[-1][0].distill_temperature) == (0.7, 3.0)
+    for extra, message in ((["--distill", "0.5"], "--distill needs the teachers' run folders"),
+                           (["--teacher", str(tmp_path), "--distill", "0"], "--teacher needs a --distill weight")):
+        result = runner.invoke(main, [*base, *extra])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert len(seen) == 2

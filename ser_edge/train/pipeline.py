@@ -188,10 +188,11 @@ def train_split(
     train_config: TrainConfig,
     model_config: ModelConfig,
     augment: AugmentConfig,
+    teachers: Sequence[str | os.PathLike] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     return make_trainer(prepared, split, run_dir, feature_config=feature_config, train_config=train_config,
-                        model_config=model_config, augment=augment, progress=progress).run()
+                        model_config=model_config, augment=augment, teachers=teachers, progress=progress).run()
 
 
 def make_trainer(prepared: Prepared, split: Split, run_dir: str | os.PathLike, **kwargs) -> Trainer:
@@ -226,12 +227,15 @@ def cross_validate(
     seed: int,
     actors=None,
     only_fold: int | None = None,
+    teachers: Sequence[str | os.PathLike] = (),
     **kwargs,
 ) -> dict[str, Any] | None:
     """Actor-wise K-fold; every fold's run folder under ``out_dir/fold_k``; mean +- std.
 
     ``only_fold`` trains one fold (to run folds in parallel processes); the summary is
     written once every fold's ``metrics.json`` exists. Finished folds are not retrained.
+    ``teachers`` are cross-validations of the same folds: fold k distils from their
+    ``fold_k`` runs.
     """
     out_dir = Path(out_dir)
     actors = actors if actors is not None else {c.actor for c in prepared.feature_set.clips}
@@ -239,11 +243,12 @@ def cross_validate(
     out_dir.mkdir(parents=True, exist_ok=True)
     for k, split in enumerate(splits):
         done = (out_dir / f"fold_{k}" / "metrics.json").is_file()
+        fold_teachers = [Path(t) / f"fold_{k}" for t in teachers]
         if done:  # a finished fold is summarised, not retrained: it must be a run of this recipe
-            make_trainer(prepared, split, out_dir / f"fold_{k}", **kwargs).check_resumable()
+            make_trainer(prepared, split, out_dir / f"fold_{k}", teachers=fold_teachers, **kwargs).check_resumable()
         elif only_fold is None or k == only_fold:
             log.info("fold %d/%d: test actors %s, val actors %s", k + 1, folds, split.test, split.val)
-            train_split(prepared, split, out_dir / f"fold_{k}", **kwargs)
+            train_split(prepared, split, out_dir / f"fold_{k}", teachers=fold_teachers, **kwargs)
     results = []
     for k, split in enumerate(splits):
         metrics_path = out_dir / f"fold_{k}" / "metrics.json"

@@ -15,7 +15,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from ser_edge.models.parallel import ModelConfig, ParallelModel
 from ser_edge.train import metrics
 from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, tempo_perturb, waveform_log_mel
 from ser_edge.train.data import LABELS, FeatureSet, Split, front_end_fingerprint
+from ser_edge.train.distill import Teachers, distillation_loss, load_teachers, teacher_provenance
 from ser_edge.train.heads import IntensityHead, SpeakerAdversary
 from ser_edge.train.scaler import Scaler
 
@@ -58,12 +59,18 @@ class TrainConfig:
     # saved best weights all use the averaged model. 0.99 averages over about 100 steps,
     # i.e. about 4 epochs of 14 training actors (27 batches of 32 clips each).
     ema_decay: float = 0.0
+    # Knowledge distillation (train/distill.py): the weight of the loss that matches the
+    # teachers' mean probabilities at this temperature; the label loss keeps 1 - weight.
+    # 0 = off. The teachers (run folders of the same split) are given to the Trainer.
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
 
 
 # Config entries a resumed run may change: where things run and how long, not what is learned.
 RESUMABLE_CHANGES = frozenset({
     "code_version", "resumed_with_code_versions", "torch_version", "data_root",
     "train.epochs", "train.early_stop_patience", "train.threads", "train.device",
+    "teachers.runs",  # where the teachers lie; their weights' digests must match
 })
 
 
@@ -267,6 +274,7 @@ class Trainer:
         augment: AugmentConfig = AugmentConfig(),
         data_hash: str = "",
         data_root: str = "",
+        teachers: Sequence[str | os.PathLike] = (),
         progress: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -279,6 +287,11 @@ class Trainer:
         self.data_hash = data_hash
         self.data_root = data_root
         self.progress = progress
+        self.teacher_dirs = [Path(t) for t in teachers]
+        if bool(self.teacher_dirs) != (train_config.distill_weight > 0):
+            raise ValueError("distillation needs both teacher runs and a distill weight above 0 "
+                             f"(got {len(self.teacher_dirs)} teachers, weight {train_config.distill_weight})")
+        self.teachers: Teachers | None = None  # loaded by run(), once the scaler is fitted
         self.rows = {name: feature_set.rows_for_actors(getattr(split, name)) for name in ("train", "val", "test")}
         for name, rows in self.rows.items():
             if len(rows) == 0 and name != "test":
@@ -321,6 +334,7 @@ class Trainer:
             "data_root": self.data_root,
             "code_version": code_version(),
             "torch_version": torch.__version__,
+            **({"teachers": teacher_provenance(self.teacher_dirs)} if self.teacher_dirs else {}),
         }
 
     def _train_clip_windows(self) -> list[np.ndarray]:
@@ -370,6 +384,10 @@ class Trainer:
             embedding = model.embed(x)
             logits = model.classifier(embedding)
             loss = _mixed(criterion, logits, y, lam, perm)
+            if self.teachers is not None:
+                temperature = self.tc.distill_temperature
+                soft = distillation_loss(logits, self.teachers.probabilities(x, temperature), temperature)
+                loss = (1 - self.tc.distill_weight) * loss + self.tc.distill_weight * soft
             if "adversary" in heads:
                 speakers = torch.from_numpy(self.actor_index[rows]).to(self.tc.device)
                 loss = loss + _mixed(F.cross_entropy, heads["adversary"](embedding), speakers, lam, perm)
@@ -414,6 +432,8 @@ class Trainer:
             if previous is not None:
                 config = resumed_config(config, previous)
         scaler = Scaler.fit(self.fs.features, self.rows["train"])
+        if self.teacher_dirs:
+            self.teachers = load_teachers(self.teacher_dirs, self.split, self.fc, scaler, self.tc.device)
         scaler.save(self.run_dir / "scaler.npz")
         config_path.write_text(json.dumps(config, indent=2))
 
