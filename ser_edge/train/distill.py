@@ -56,17 +56,20 @@ def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
     return temperature**2 * F.kl_div(log_student, teacher_probs, reduction="batchmean")
 
 
-def teacher_provenance(run_dirs: Sequence[str | os.PathLike]) -> dict[str, list[str]]:
-    """What a student's config records of its teachers: their folders and a digest of each
-    one's weights (TeacherError when a folder has none)."""
+def _trained_weights(run_dir: Path) -> Path:
+    """``run_dir``'s best weights; TeacherError unless it is a trained run folder."""
     from ser_edge.train.trainer import BEST_WEIGHTS
 
-    digests = []
-    for run_dir in map(Path, run_dirs):
-        weights = run_dir / BEST_WEIGHTS
-        if not weights.is_file():
-            raise TeacherError(f"not a trained run folder (no {BEST_WEIGHTS})", path=str(run_dir))
-        digests.append(hashlib.sha256(weights.read_bytes()).hexdigest()[:DIGEST_HEX_CHARS])
+    weights = run_dir / BEST_WEIGHTS
+    if not (run_dir / "config.json").is_file() or not weights.is_file():
+        raise TeacherError(f"not a trained run folder (needs config.json and {BEST_WEIGHTS})", path=str(run_dir))
+    return weights
+
+
+def teacher_provenance(run_dirs: Sequence[str | os.PathLike]) -> dict[str, list[str]]:
+    """What a student's config records of its teachers: their folders and a digest of each
+    one's weights (TeacherError when a folder is not a trained run)."""
+    digests = [hashlib.sha256(_trained_weights(Path(d)).read_bytes()).hexdigest()[:DIGEST_HEX_CHARS] for d in run_dirs]
     return {"runs": [str(d) for d in run_dirs], "weights_sha256": digests}
 
 
@@ -81,14 +84,12 @@ def load_teachers(
 
     A teacher must be a finished run of the same actor split, front-end and feature scaler
     as the student: it then reads the student's normalised batch as it read its own."""
-    from ser_edge.train.trainer import BEST_WEIGHTS, load_model
+    from ser_edge.train.trainer import load_model
 
     models = []
     for run_dir in map(Path, run_dirs):
-        config_path, weights = run_dir / "config.json", run_dir / BEST_WEIGHTS
-        if not config_path.is_file() or not weights.is_file():
-            raise TeacherError(f"not a trained run folder (needs config.json and {BEST_WEIGHTS})", path=str(run_dir))
-        config = json.loads(config_path.read_text())
+        _trained_weights(run_dir)
+        config = json.loads((run_dir / "config.json").read_text())
         if config.get("split") != split.to_dict():
             raise TeacherError(
                 f"was trained on another actor split ({config.get('split')}) than the student ({split.to_dict()})",
