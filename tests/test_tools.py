@@ -98,3 +98,26 @@ def test_member_latency_builds_the_shipped_graph_from_untrained_members(tmp_path
     assert size == path.stat().st_size
     features = np.zeros((1, config.n_mels, config.n_frames), np.float32)
     assert latency_ms(path, features, repeats=3) > 0
+
+
+def test_per_class_cv_averages_each_class_over_the_fold_reports(tmp_path, capsys):
+    from ser_edge.train.data import LABELS
+    from ser_edge.train.metrics import classification_report
+
+    tool = runpy.run_path(str(REPO / "tools" / "per_class_cv.py"))
+    y_true = np.repeat(np.arange(len(LABELS)), 4)
+    first = y_true.copy()
+    first[y_true == 3] = 1  # fold 0: every sad clip heard as calm
+    second = y_true.copy()  # fold 1: all right
+    for k, y_pred in enumerate((first, second)):
+        (tmp_path / f"fold_{k}.report.txt").write_text(classification_report(y_true, y_pred, LABELS))
+    assert tool["main"]([str(tmp_path)]) == 0
+    rows = {line.split(" | ")[0][2:]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["sad"] == "| sad | 0.500 | 0.500 | 0.500 | 0.000 / 1.000 |"
+    # calm: precision 4/8 then 1; F1 0.667 (as the report rounds it) then 1
+    assert rows["calm"] == "| calm | 0.750 | 1.000 | 0.834 | 1.000 / 1.000 |"
+    assert rows["angry"] == "| angry | 1.000 | 1.000 | 1.000 | 1.000 / 1.000 |"
+
+    (tmp_path / "fold_1.report.txt").write_text("accuracy 1.0\n")
+    assert tool["main"]([str(tmp_path)]) == 1
+    assert "fold_1.report.txt: no row for neutral" in capsys.readouterr().err
