@@ -121,3 +121,14 @@ def test_per_class_cv_averages_each_class_over_the_fold_reports(tmp_path, capsys
     (tmp_path / "fold_1.report.txt").write_text("accuracy 1.0\n")
     assert tool["main"]([str(tmp_path)]) == 1
     assert "fold_1.report.txt: no row for neutral" in capsys.readouterr().err
+
+
+def test_logit_adjustment_moves_decisions_towards_the_training_prior():
+    tool = runpy.run_path(str(REPO / "tools" / "logit_adjust_cv.py"))
+    weights = np.array([2.0, 1.0, 1.0])  # class 0 counted twice in the loss (half as many clips)
+    probs = np.array([[0.52, 0.33, 0.15],   # 0.52 / 2 < 0.33: tau 1 moves it to class 1
+                      [0.62, 0.30, 0.08],   # 0.62 / 2 > 0.30: class 0 at every tau
+                      [0.00, 0.45, 0.55]])  # a zero probability stays impossible
+    assert tool["adjusted_predictions"](probs, weights, 0.0).tolist() == [0, 0, 2]
+    assert tool["adjusted_predictions"](probs, weights, 1.0).tolist() == [1, 0, 2]
+    assert tool["adjusted_predictions"](probs, weights, 0.5).tolist() == [0, 0, 2]  # 0.52 / sqrt(2) > 0.33
