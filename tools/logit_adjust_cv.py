@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {tau:g} | {right} of {total} | {100 * right / total:.1f}% "
               f"| {100 * test['accuracy']['mean']:.1f}% ± {100 * test['accuracy']['std']:.1f} "
               f"| {test['macro_f1']['mean']:.3f} | {test['uar']['mean']:.3f} |")
+    print()
+    print("Clips labelled as each class per clip of that class (test actors, all folds):")
+    for tau in taus:
+        confusion = sum(np.array(r["test"][tau]["confusion"]) for r in rows)  # rows: true, columns: predicted
+        ratios = confusion.sum(axis=0) / confusion.sum(axis=1)
+        print(f"  tau {tau:g}: " + ", ".join(f"{label} {ratio:.2f}" for label, ratio in zip(LABELS, ratios)))
     return 0
 
 
