@@ -51,24 +51,35 @@ def _brief(summary: dict) -> dict:
     return {k: summary[k] for k in ("n", *SUMMARY_METRICS, "ece", "actors")}
 
 
+def shared_folds(cv_dirs: list[Path]) -> list[str]:
+    """The ``fold_k`` names every CV folder has finished, in fold order; ValueError if none."""
+    shared = set.intersection(*({p.parent.name for p in d.glob("fold_*/metrics.json")} for d in cv_dirs))
+    if not shared:
+        raise ValueError(f"no finished fold is shared by {', '.join(map(str, cv_dirs))}")
+    return sorted(shared, key=lambda name: int(name.split("_")[1]))
+
+
+def fold_split(runs: list[Path]) -> dict:
+    """The actor split the runs of one fold share; ValueError if they differ."""
+    splits = [json.loads((run / "config.json").read_text())["split"] for run in runs]
+    if any(s != splits[0] for s in splits):
+        raise ValueError(f"{runs[0].name}: the folders split the actors differently")
+    return splits[0]
+
+
 def cross_validation(cv_dirs: list[Path], data: str, cache: str, out: Path, hop_s: float = DEFAULT_HOP_S) -> dict:
     """Evaluate the seed ensemble on every shared fold; write the reports into ``out``."""
-    shared = set.intersection(*({p.parent.name for p in d.glob("fold_*/metrics.json")} for d in cv_dirs))
-    folds = sorted(shared, key=lambda name: int(name.split("_")[1]))
-    if not folds:
-        raise ValueError(f"no finished fold is shared by {', '.join(map(str, cv_dirs))}")
+    folds = shared_folds(cv_dirs)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for fold in folds:
         runs = [d / fold for d in cv_dirs]
-        splits = [json.loads((run / "config.json").read_text())["split"] for run in runs]
-        if any(s != splits[0] for s in splits):
-            raise ValueError(f"{fold}: the folders split the actors differently")
-        row = {"fold": int(fold.split("_")[1]), "split": splits[0], "members": [{"run": str(r)} for r in runs]}
+        split = fold_split(runs)
+        row = {"fold": int(fold.split("_")[1]), "split": split, "members": [{"run": str(r)} for r in runs]}
         # One evaluation per member on the validation and test actors together, split below.
-        all_members, all_ens = ensemble(runs, data, [*splits[0]["val"], *splits[0]["test"]], cache, hop_s)
+        all_members, all_ens = ensemble(runs, data, [*split["val"], *split["test"]], cache, hop_s)
         for part in ("val", "test"):
-            members, ens = [ev.only(splits[0][part]) for ev in all_members], all_ens.only(splits[0][part])
+            members, ens = [ev.only(split[part]) for ev in all_members], all_ens.only(split[part])
             row[part] = _brief(ens.summary)
             for record, ev in zip(row["members"], members):
                 record[f"{part}_accuracy"] = ev.summary["accuracy"]

@@ -16,7 +16,6 @@ accuracy, macro-F1 and UAR as mean ± std over folds. Nothing is chosen here.
 from __future__ import annotations
 
 import argparse
-import json
 import runpy
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from ser_edge.train.data import LABELS, scan_dataset
 from ser_edge.train.pipeline import mean_std
 from ser_edge.train.trainer import class_weights
 
-ENSEMBLE = runpy.run_path(str(Path(__file__).with_name("ensemble_eval.py")))["ensemble"]
 DEFAULT_TAUS = (0.0, 0.5, 1.0)
 
 
@@ -37,22 +35,22 @@ def adjusted_predictions(probabilities: np.ndarray, weights: np.ndarray, tau: fl
         return (np.log(probabilities) - tau * np.log(weights)).argmax(axis=1)
 
 
-def training_weights(data: str, train_actors: list[int]) -> np.ndarray:
-    labels = np.array([c.label_index for c in scan_dataset(data).clips if c.actor in set(train_actors)])
+def training_weights(clips: list, train_actors: list[int]) -> np.ndarray:
+    """``class_weights`` of the training actors' clips, as the trainer computes them."""
+    labels = np.array([c.label_index for c in clips if c.actor in set(train_actors)])
     return class_weights(labels, len(LABELS)).astype(np.float64)
 
 
 def fold_scores(cv_dirs: list[Path], data: str, cache: str, taus: tuple[float, ...]) -> list[dict]:
-    shared = set.intersection(*({p.parent.name for p in d.glob("fold_*/metrics.json")} for d in cv_dirs))
-    folds = sorted(shared, key=lambda name: int(name.split("_")[1]))
-    if not folds:
-        raise ValueError(f"no finished fold is shared by {', '.join(map(str, cv_dirs))}")
+    ensemble_eval = runpy.run_path(str(Path(__file__).with_name("ensemble_eval.py")))
+    clips = scan_dataset(data).clips
     rows = []
-    for fold in folds:
-        split = json.loads((cv_dirs[0] / fold / "config.json").read_text())["split"]
-        _, ens = ENSEMBLE([d / fold for d in cv_dirs], data, [*split["val"], *split["test"]], cache)
-        weights = training_weights(data, split["train"])
-        row = {"fold": fold, "weights": weights.round(3).tolist()}
+    for fold in ensemble_eval["shared_folds"](cv_dirs):
+        runs = [d / fold for d in cv_dirs]
+        split = ensemble_eval["fold_split"](runs)
+        _, ens = ensemble_eval["ensemble"](runs, data, [*split["val"], *split["test"]], cache)
+        weights = training_weights(clips, split["train"])
+        row = {}
         for part in ("val", "test"):
             ev = ens.only(split[part])
             row[part] = {tau: metrics.summary(ev.y_true, adjusted_predictions(ev.probabilities, weights, tau), LABELS)
