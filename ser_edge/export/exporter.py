@@ -32,6 +32,7 @@ from torch import nn
 from ser_edge.edge_runtime.errors import SerEdgeError
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.edge_runtime.session import INPUT_NAME, OUTPUT_NAME
+from ser_edge.export.lean import lean_copy
 from ser_edge.models.parallel import ParallelModel
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,11 @@ def metadata_props(
 
 
 def export_onnx(wrapper: ExportWrapper, path: str | os.PathLike, feature_config: FeatureConfig, props: Mapping[str, str]) -> None:
-    """Trace ``wrapper`` to a single-file ONNX at ``path`` with a dynamic batch axis."""
+    """Trace ``wrapper`` to a single-file ONNX at ``path`` with a dynamic batch axis.
+
+    What is traced is ``lean.lean_copy(wrapper)``: the same weights and arithmetic with the
+    transformer layers written for a smaller graph; ``check_parity`` compares the file with
+    ``wrapper`` itself."""
     import onnx
 
     dummy = torch.zeros(2, 1, feature_config.n_mels, feature_config.n_frames)
@@ -127,7 +132,7 @@ def export_onnx(wrapper: ExportWrapper, path: str | os.PathLike, feature_config:
             warnings.simplefilter("ignore", FutureWarning)
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
             torch.onnx.export(
-                wrapper.eval(),
+                lean_copy(wrapper.eval()),
                 (dummy,),
                 str(path),
                 input_names=[INPUT_NAME],
