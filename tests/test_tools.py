@@ -138,3 +138,102 @@ def test_logit_adjustment_moves_decisions_towards_the_training_prior():
     assert tool["adjusted_predictions"](probs, weights, 0.0).tolist() == [0, 0, 2]
     assert tool["adjusted_predictions"](probs, weights, 1.0).tolist() == [1, 0, 2]
     assert tool["adjusted_predictions"](probs, weights, 0.5).tolist() == [0, 0, 2]  # 0.52 / sqrt(2) > 0.33
+
+
+def _trained_like(model, seed):
+    """Make every weight and running statistic distinct, as training does: the exporter shares
+    one initializer between equal tensors (fresh BatchNorm statistics, copied layers)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                noise = 0.05 * torch.randn(tensor.shape, generator=generator)
+                tensor.add_(noise.abs() if name.endswith("running_var") else noise)
+    return model
+
+
+def _old_style_export(path, members, provenance):
+    """An ensemble exported the way the exporter wrote graphs before export/lean.py."""
+    from unittest import mock
+
+    import torch
+
+    from conftest import LABELS, SMALL_FEATURES
+    from ser_edge.export import exporter
+
+    shape = (SMALL_FEATURES.n_mels, SMALL_FEATURES.n_frames)
+    rng = np.random.default_rng(1)
+    wrapper = exporter.ExportWrapper(members, rng.normal(-40, 5, shape).astype(np.float32),
+                                     rng.uniform(5, 15, shape).astype(np.float32), temperature=0.8)
+    props = exporter.metadata_props(LABELS, SMALL_FEATURES, model_name="old", model_version="0.0.1",
+                                    extra={"provenance": provenance})
+    with mock.patch.object(exporter, "lean_copy", lambda module: module), torch.no_grad():
+        exporter.export_onnx(wrapper, path, SMALL_FEATURES, props)
+    exporter.store_float16(path)
+    return wrapper
+
+
+def test_reexport_rebuilds_an_old_graph_from_its_own_weights(tmp_path, capsys):
+    import collections
+    import dataclasses
+
+    import onnx
+    import torch
+
+    from conftest import SMALL_FEATURES, small_model_config
+    from ser_edge.export.exporter import round_to_float16
+    from ser_edge.train.trainer import build_model
+
+    tool = runpy.run_path(str(REPO / "tools" / "reexport_onnx.py"))
+    config = small_model_config(utterance_norm=True)
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(round_to_float16(_trained_like(build_model(config, SMALL_FEATURES, "cpu").eval(), seed)))
+    old, new = tmp_path / "old.onnx", tmp_path / "new.onnx"
+    provenance = json.loads(json.dumps({"recipe": {"model": dataclasses.asdict(config)}, "weights": "float16"}))
+    wrapper = _old_style_export(old, members, provenance)
+
+    assert tool["main"]([str(old), str(new)]) == 0
+    assert "probabilities equal" in capsys.readouterr().out
+    features = np.random.default_rng(2).uniform(-80, 0, (5, 1, SMALL_FEATURES.n_mels, SMALL_FEATURES.n_frames))
+    features = features.astype(np.float32)
+    with torch.no_grad():
+        want = wrapper(torch.from_numpy(features)).numpy()
+    for path in (old, new):
+        np.testing.assert_allclose(tool["_probabilities"](path, features), want, atol=1e-6)
+    old_model, new_model = onnx.load(str(old)), onnx.load(str(new))
+    ops = [collections.Counter(node.op_type for node in m.graph.node) for m in (old_model, new_model)]
+    assert ops[1]["Transpose"] < ops[0]["Transpose"] and ops[1]["Reshape"] < ops[0]["Reshape"]
+    old_props = {p.key: p.value for p in old_model.metadata_props}
+    new_props = {p.key: p.value for p in new_model.metadata_props}
+    assert {k: v for k, v in new_props.items() if k not in ("provenance", "export_date")} == \
+        {k: v for k, v in old_props.items() if k not in ("provenance", "export_date")}
+    record = json.loads(new_props["provenance"]).pop("reexport")
+    assert record["from_export_date"] == old_props["export_date"] and record["max_abs_diff"] <= 1e-6
+    assert {k: v for k, v in json.loads(new_props["provenance"]).items() if k != "reexport"} == provenance
+
+
+def test_reexport_refuses_a_file_it_cannot_rebuild(tmp_path, capsys):
+    import dataclasses
+
+    import torch
+
+    from conftest import SMALL_FEATURES, small_model_config
+    from ser_edge.train.trainer import build_model
+
+    tool = runpy.run_path(str(REPO / "tools" / "reexport_onnx.py"))
+    config = small_model_config()
+    torch.manual_seed(0)
+    model = _trained_like(build_model(config, SMALL_FEATURES, "cpu").eval(), 0)
+    # the provenance names another architecture than the weights in the file
+    wrong = dataclasses.replace(config, ff_dim=2 * config.ff_dim)
+    _old_style_export(tmp_path / "m.onnx", [model], {"recipe": {"model": dataclasses.asdict(wrong)}})
+    assert tool["main"]([str(tmp_path / "m.onnx"), str(tmp_path / "out.onnx")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {tmp_path / 'm.onnx'}: ") and "does not fit" in error
+    assert not (tmp_path / "out.onnx").exists()
+    assert tool["main"]([str(tmp_path / "absent.onnx"), str(tmp_path / "out.onnx")]) == 1
+    assert "no such file" in capsys.readouterr().err
