@@ -4,7 +4,7 @@ usage:
     python tools/member_latency.py fast-cmn-speed-wide-ema:2 fast-cmn-speed-wide-ema-light:3 \
         [--rounds 3] [--repeats 400]
 
-Each ``RECIPE:N`` becomes one graph the way the exporter writes a model today
+Each ``RECIPE:N`` becomes one graph the way the exporter writes the shipped model
 (``ExportWrapper`` around N randomly initialised ``ParallelModel``s of the recipe, weights
 rounded to and stored as float16), with a random scaler: the latency of a graph does not
 depend on what its weights learned. Each graph is timed with ``exporter.latency_ms`` (one
