@@ -208,6 +208,9 @@ def test_reexport_rebuilds_an_old_graph_from_its_own_weights(tmp_path, capsys):
     record = json.loads(new_props["provenance"]).pop("reexport")
     assert record["from_export_date"] == old_props["export_date"] and record["max_abs_diff"] <= 1e-6
     assert {k: v for k, v in json.loads(new_props["provenance"]).items() if k != "reexport"} == provenance
+    again = tmp_path / "again.onnx"  # a lean file re-exports too (its out_proj is stored transposed)
+    assert tool["main"]([str(new), str(again)]) == 0
+    np.testing.assert_allclose(tool["_probabilities"](again, features), want, atol=1e-6)
 
 
 def test_reexport_refuses_a_file_it_cannot_rebuild(tmp_path, capsys):

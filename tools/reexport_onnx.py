@@ -7,9 +7,10 @@ For a model whose training runs are gone (the shipped 0.7.0 file: its members we
 on an earlier machine) when the exporter has changed how it writes the graph, not what it
 computes (``export/lean.py``). The members' ``ModelConfig`` comes from the file's provenance
 (``recipe.model``), their weights from its initializers: the ones the exporter kept under
-their parameter names, and the transposed projection weights of each transformer layer
-(in_proj, linear1, linear2, which it stores unnamed, in that order, member by member and
-layer by layer). Scaler and temperature are copied as stored. Nothing is trusted: the
+their parameter names (a lean graph's renamed back, ``LEAN_NAMES``), and the projection
+weights of each transformer layer that it stores transposed and unnamed (``PROJECTIONS``,
+in that order, member by member and layer by layer). Files of either form, from before
+``export/lean.py`` or after, re-export. Scaler and temperature are copied as stored. Nothing is trusted: the
 rebuilt modules must reproduce IN's probabilities, OUT is parity-checked against them
 (``exporter.check_parity``), and OUT must give IN's probabilities to ``--atol`` on random
 and silent inputs; otherwise the tool stops with an error and writes nothing. OUT keeps IN's
@@ -30,7 +31,17 @@ import numpy as np
 
 FLOAT16_SUFFIX = "__float16"  # exporter.store_float16's initializer names
 MEMBERS_PREFIX = "models."
-TRANSPOSED = ("self_attn.in_proj_weight", "linear1.weight", "linear2.weight")  # per layer, in file order
+# Per transformer layer, in the order the exporter writes them: those of these that the file
+# does not hold under their own names are stored transposed and unnamed (in_proj, linear1 and
+# linear2 in graphs from before export/lean.py; out_proj as well in lean ones).
+PROJECTIONS = ("self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear2.weight")
+# Parameter names in a lean graph (export/lean.py's modules) -> nn.TransformerEncoderLayer's.
+LEAN_NAMES = {
+    "in_proj.weight": "self_attn.in_proj_weight",
+    "in_proj.bias": "self_attn.in_proj_bias",
+    "out_proj.weight": "self_attn.out_proj.weight",
+    "out_proj.bias": "self_attn.out_proj.bias",
+}
 DEFAULT_ATOL = 1e-6
 CHECK_WINDOWS = 6
 CHECK_SEED = 0
@@ -40,6 +51,15 @@ class ReexportError(Exception):
     pass
 
 
+def _torch_name(name: str) -> str:
+    """An initializer's parameter name as in ``ParallelModel`` (lean layers renamed back)."""
+    layer, sep, rest = name.rpartition(".transformer.layers.")
+    if sep:
+        index, _, param = rest.partition(".")
+        return f"{layer}{sep}{index}.{LEAN_NAMES.get(param, param)}"
+    return name
+
+
 def _initializers(model) -> tuple[dict[str, np.ndarray], list[tuple[str, np.ndarray]]]:
     """Named member/scaler tensors (float16 ones as float32), and the unnamed 2-D float ones in file order."""
     from onnx import numpy_helper
@@ -47,7 +67,7 @@ def _initializers(model) -> tuple[dict[str, np.ndarray], list[tuple[str, np.ndar
     named, unnamed = {}, []
     for init in model.graph.initializer:
         values = numpy_helper.to_array(init)
-        name = init.name.removesuffix(FLOAT16_SUFFIX)
+        name = _torch_name(init.name.removesuffix(FLOAT16_SUFFIX))
         if values.dtype == np.float16:
             values = values.astype(np.float32)
         if name.startswith(MEMBERS_PREFIX) or name in ("mean", "inv_scale", "inv_temperature"):
@@ -77,8 +97,8 @@ def rebuild_wrapper(model):
     members = [build_model(config, feature_config, "cpu").eval() for _ in range(n_members)]
     wrapper = ExportWrapper(members, np.zeros(named["mean"].shape[2:], np.float32), np.ones(named["mean"].shape[2:], np.float32))
     state = wrapper.state_dict()
-    missing = [f"models.{m}.transformer.layers.{layer}.{name}" for m in range(n_members)
-               for layer in range(config.n_layers) for name in TRANSPOSED]
+    missing = [key for m in range(n_members) for layer in range(config.n_layers) for name in PROJECTIONS
+               if (key := f"models.{m}.transformer.layers.{layer}.{name}") not in named]
     if len(unnamed) != len(missing):
         raise ReexportError(f"expected {len(missing)} unnamed projection weights, found {len(unnamed)}")
     filled = dict(named)
