@@ -57,7 +57,9 @@ def test_lean_copy_leaves_the_model_untouched_and_agrees_with_it():
     x = torch.randn(2, 1, 128, 563)
     with torch.no_grad():
         want = model(x)  # materialises the LazyLinear head
+        rng_state = torch.get_rng_state()
         lean = lean_copy(model)
+        assert torch.equal(torch.get_rng_state(), rng_state)  # exporting draws no random numbers
         assert isinstance(model.transformer, nn.TransformerEncoder)
         assert isinstance(lean.transformer, LeanEncoder)
         assert all(isinstance(layer, LeanEncoderLayer) for layer in lean.transformer.layers)

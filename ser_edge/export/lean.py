@@ -56,7 +56,8 @@ class LeanEncoderLayer(nn.Module):
         self.head_dim = attn.embed_dim // attn.num_heads
         self.scale = self.head_dim**-0.5
         # The trained tensors themselves (float16-exact ones stay so, for store_float16).
-        self.in_proj = nn.Linear(attn.embed_dim, 3 * attn.embed_dim)
+        # skip_init: no random initialisation, so exporting leaves torch's RNG where it was
+        self.in_proj = nn.utils.skip_init(nn.Linear, attn.embed_dim, 3 * attn.embed_dim)
         self.in_proj.weight, self.in_proj.bias = attn.in_proj_weight, attn.in_proj_bias
         self.out_proj = attn.out_proj
         self.norm1, self.norm2 = layer.norm1, layer.norm2
