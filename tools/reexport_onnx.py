@@ -117,20 +117,11 @@ def rebuild_wrapper(model):
     return wrapper, feature_config, props
 
 
-def _probabilities(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    from ser_edge.edge_runtime.session import INPUT_NAME, OUTPUT_NAME
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-
-
 def reexport(src: Path, dst: Path, atol: float = DEFAULT_ATOL) -> float:
     """Write ``dst``; the largest |probability difference| between ``src`` and ``dst``."""
     import onnx
 
-    from ser_edge.export.exporter import check_parity, export_onnx, store_float16, torch_probabilities
+    from ser_edge.export.exporter import check_parity, export_onnx, onnx_probabilities, store_float16, torch_probabilities
     from ser_edge.train.trainer import code_version
 
     model = onnx.load(str(src))
@@ -139,7 +130,7 @@ def reexport(src: Path, dst: Path, atol: float = DEFAULT_ATOL) -> float:
     shape = (feature_config.n_mels, feature_config.n_frames)
     features = np.concatenate([rng.uniform(-feature_config.top_db, 0, (CHECK_WINDOWS - 1, *shape)),
                                np.full((1, *shape), -feature_config.top_db)]).astype(np.float32)
-    want = _probabilities(src, features[:, None])
+    want = onnx_probabilities(src, features)
     rebuilt = float(np.abs(torch_probabilities(wrapper, features) - want).max())
     if rebuilt > atol:
         raise ReexportError(f"the weights read from {src} do not reproduce it: max |diff| {rebuilt:.2e} > {atol:.0e}")
@@ -150,7 +141,7 @@ def reexport(src: Path, dst: Path, atol: float = DEFAULT_ATOL) -> float:
         if provenance.get("weights") == "float16":
             store_float16(out)
         check_parity(wrapper, out, features)
-        diff = float(np.abs(_probabilities(out, features[:, None]) - want).max())
+        diff = float(np.abs(onnx_probabilities(out, features) - want).max())
         if diff > atol:
             raise ReexportError(f"re-exported graph differs from {src}: max |diff| {diff:.2e} > {atol:.0e}")
         provenance["reexport"] = {"from_export_date": props.get("export_date"), "code_version": code_version(),
