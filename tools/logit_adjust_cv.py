@@ -37,7 +37,8 @@ def adjusted_predictions(probabilities: np.ndarray, weights: np.ndarray, tau: fl
 
 def training_weights(clips: list, train_actors: list[int]) -> np.ndarray:
     """``class_weights`` of the training actors' clips, as the trainer computes them."""
-    labels = np.array([c.label_index for c in clips if c.actor in set(train_actors)])
+    actors = set(train_actors)
+    labels = np.array([c.label_index for c in clips if c.actor in actors])
     return class_weights(labels, len(LABELS)).astype(np.float64)
 
 
