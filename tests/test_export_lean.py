@@ -22,15 +22,17 @@ def test_lean_layer_computes_what_the_torch_layer_computes(batch):
     torch.manual_seed(0)
     layer = _layer()
     x = torch.randn(batch, 70, 64)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the generic path, as export traces it
     try:
         with torch.no_grad():
             want = layer(x)
             torch.testing.assert_close(LeanEncoderLayer(layer)(x), want, atol=1e-5, rtol=1e-5)
-    finally:
         torch.backends.mha.set_fastpath_enabled(True)
-    with torch.no_grad():  # and what the fused eager kernel computes
-        torch.testing.assert_close(LeanEncoderLayer(layer)(x), layer(x), atol=1e-5, rtol=1e-5)
+        with torch.no_grad():  # and what the fused eager kernel computes
+            torch.testing.assert_close(LeanEncoderLayer(layer)(x), layer(x), atol=1e-5, rtol=1e-5)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def test_unsupported_layers_are_kept_as_they_are():
