@@ -534,7 +534,7 @@ def test_speaker_adversarial_mixup_training_runs_and_resumes(tmp_path):
     assert sorted(set(trainer.actor_index[trainer.rows["train"]])) == [0, 1, 2]
     assert set(trainer.actor_index[trainer.rows["val"]]) == {-1}
     trainer.run()
-    saved = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert saved["adversary"]["net.2.weight"].shape == (3, 128)
     # Resume for a second epoch: the adversary's state is restored, training goes on.
     Trainer(tmp_path, fs, split, feature_config=fc, train_config=dataclasses.replace(tc, epochs=2), model_config=mc,
@@ -561,7 +561,7 @@ def test_intensity_head_learns_the_file_name_intensity_and_resumes(tmp_path):
         trainer = Trainer(run_dir, fs, split, feature_config=fc, train_config=tc, model_config=mc,
                           augment=AugmentConfig.off())
         trainer.run()
-        return trainer, torch.load(run_dir / CHECKPOINT, weights_only=False)
+        return trainer, torch.load(run_dir / CHECKPOINT, weights_only=True)
 
     trainer, saved = train(tmp_path / "mixed", mixed, 1, 0.5)
     expected = [1 if c.emotion > 1 and c.actor % 2 else 0 for c in strong]
@@ -592,7 +592,7 @@ def test_weight_ema_is_what_validation_judges_and_it_resumes(tmp_path):
         Trainer(run_dir, fs, split, feature_config=fc, train_config=tc, model_config=mc,
                 augment=AugmentConfig.off()).run()
         return (torch.load(run_dir / BEST_WEIGHTS, weights_only=True)["model"],
-                torch.load(run_dir / CHECKPOINT, weights_only=False))
+                torch.load(run_dir / CHECKPOINT, weights_only=True))
 
     # One epoch: the best weights are the averaged model's, not the last step's.
     best, saved = train(tmp_path / "one", 1, 0.9)
@@ -620,7 +620,7 @@ def test_mixstyle_trains_and_resumes_exactly(tmp_path):
         Trainer(run_dir, fs, split, feature_config=SMALL_FEATURES, train_config=tc,
                 model_config=small_model_config(utterance_norm=True, mixstyle_prob=prob),
                 augment=AugmentConfig.off()).run()
-        return torch.load(run_dir / CHECKPOINT, weights_only=False)["model"]
+        return torch.load(run_dir / CHECKPOINT, weights_only=True)["model"]
 
     straight = train(tmp_path / "straight", 2, 1.0)
     train(tmp_path / "resumed", 1, 1.0)
@@ -861,7 +861,7 @@ def test_a_distilled_student_learns_its_teachers_answers_and_records_them(tmp_pa
 
     def answers(run_dir, key):
         model = build_model(mc, SMALL_FEATURES, "cpu")
-        saved = torch.load(run_dir / key, weights_only=False)
+        saved = torch.load(run_dir / key, weights_only=True)
         model.load_state_dict(saved["model"])
         return predict_windows(model, fs.features, rows, scaler, "cpu").argmax(1)
 

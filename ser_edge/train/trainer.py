@@ -440,7 +440,7 @@ class Trainer:
         criterion = self._criterion()
         learner = self._learner()
         if checkpoint.is_file():
-            learner.restore(torch.load(checkpoint, map_location=self.tc.device, weights_only=False))
+            learner.restore(torch.load(checkpoint, map_location=self.tc.device, weights_only=True))
             log.info("resumed %s at epoch %d", self.run_dir, learner.state["epoch"])
         state = learner.state
         clip_windows = self._train_clip_windows()
