@@ -76,10 +76,11 @@ def classify(paths, model_path, threads, as_json, timeline, hop_s, raw_rate, max
     """Classify WAV/FLAC files or directories (recursive); '-' reads audio from stdin."""
     classifier = _load_classifier(model_path, threads, hop_s, max_duration_s)
     failed = 0
-    width = max(len(p) for p in paths)
+    inputs = list(expand_inputs(paths))  # directories listed first, so the table's column fits every file
+    width = max(len(path) for path, _ in inputs)
     if not as_json:
         click.echo(f"{'file':<{width}}  {'emotion':<10} {'conf':>6}")
-    for path, error in expand_inputs(paths):
+    for path, error in inputs:
         if error is None:
             try:
                 if path == STDIN:
@@ -97,7 +98,7 @@ def classify(paths, model_path, threads, as_json, timeline, hop_s, raw_rate, max
         if as_json:
             click.echo(json.dumps(prediction.to_dict(timeline=timeline)))
         else:
-            click.echo(_table_row(path, prediction.label, prediction.confidence, max(width, len(path))))
+            click.echo(_table_row(path, prediction.label, prediction.confidence, width))
             if timeline:
                 for window in prediction.windows:
                     click.echo(f"  {window.start_s:7.2f}-{window.end_s:7.2f} s  {window.label:<10} {window.probabilities[window.label]:6.3f}")

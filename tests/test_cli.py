@@ -29,6 +29,18 @@ def test_table(tiny_model, wav):
     assert lines[1].split()[:2] == [str(path), "neutral"]
 
 
+def test_table_columns_fit_the_files_found_in_a_directory(tiny_model, wav):
+    long = wav(300, 2.0, name="clips/a-much-longer-file-name-inside-the-folder.wav")
+    wav(300, 2.0, name="clips/b.wav")
+    result = run("classify", long.parent, "--model", tiny_model)
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert len(rows) == 2
+    column = header.index("emotion")  # every row's label starts under the header's
+    assert [row[column:].split()[0] for row in rows] == ["neutral", "neutral"], result.stdout
+    assert all(row[:column].rstrip() == row[:column].strip() for row in rows)
+
+
 def test_json_lines_schema(tiny_model, wav):
     a, b = wav(300, 2.0, name="a.wav"), wav(10_000, 4.0, name="b.wav")
     result = run("classify", a, b, "--model", tiny_model, "--json")
