@@ -18,7 +18,7 @@ from typing import Iterator
 
 import click
 
-from ser_edge.edge_runtime.audio import AUDIO_EXTENSIONS, DEFAULT_HOP_S, MAX_DURATION_S
+from ser_edge.edge_runtime.audio import AUDIO_EXTENSIONS, DEFAULT_HOP_S, MAX_DURATION_S, MIN_DURATION_S
 from ser_edge.edge_runtime.errors import NotAudioError, SerEdgeError
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -44,11 +44,13 @@ def expand_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, SerEdgeError | 
             yield raw, None
 
 
-def _load_classifier(model: str | None, threads: int, hop_s: float = DEFAULT_HOP_S, max_duration_s: float = MAX_DURATION_S):
+def _load_classifier(model: str | None, threads: int, hop_s: float = DEFAULT_HOP_S, max_duration_s: float = MAX_DURATION_S,
+                     min_duration_s: float = MIN_DURATION_S):
     from ser_edge.edge_runtime.session import EmotionClassifier
 
     try:
-        return EmotionClassifier(model, threads=threads, hop_s=hop_s, max_duration_s=max_duration_s)
+        return EmotionClassifier(model, threads=threads, hop_s=hop_s, max_duration_s=max_duration_s,
+                                 min_duration_s=min_duration_s or None)
     except SerEdgeError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
 
@@ -72,9 +74,10 @@ def main() -> None:
 @click.option("--hop", "hop_s", type=click.FloatRange(min=0.01), default=DEFAULT_HOP_S, show_default=True, help="Seconds between windows on long clips.")
 @click.option("--raw-rate", type=click.IntRange(min=1), help="Read stdin ('-') as raw 16-bit little-endian mono PCM at this rate.")
 @click.option("--max-duration", "max_duration_s", type=click.FloatRange(min=0.1), default=MAX_DURATION_S, show_default=True, help="Reject clips longer than this many seconds.")
-def classify(paths, model_path, threads, as_json, timeline, hop_s, raw_rate, max_duration_s) -> None:
+@click.option("--min-duration", "min_duration_s", type=click.FloatRange(min=0.0), default=MIN_DURATION_S, show_default=True, help="Reject clips shorter than this many seconds (0: no minimum).")
+def classify(paths, model_path, threads, as_json, timeline, hop_s, raw_rate, max_duration_s, min_duration_s) -> None:
     """Classify WAV/FLAC files or directories (recursive); '-' reads audio from stdin."""
-    classifier = _load_classifier(model_path, threads, hop_s, max_duration_s)
+    classifier = _load_classifier(model_path, threads, hop_s, max_duration_s, min_duration_s)
     failed = 0
     inputs = list(expand_inputs(paths))  # directories listed first, so the table's column fits every file
     width = max(len(path) for path, _ in inputs)

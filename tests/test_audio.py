@@ -18,6 +18,7 @@ from ser_edge.edge_runtime.audio import (
 from ser_edge.edge_runtime.errors import (
     AudioFileNotFoundError,
     AudioTooLongError,
+    AudioTooShortError,
     CorruptAudioError,
     EmptyAudioError,
     NonFiniteAudioError,
@@ -50,7 +51,7 @@ def test_reads_formats(tmp_path, fmt, subtype, atol):
 
 def test_mixes_down_any_channel_count(tmp_path):
     rng = np.random.default_rng(0)
-    x = (0.1 * rng.standard_normal((4800, 8))).astype(np.float32)
+    x = (0.1 * rng.standard_normal((48_000, 8))).astype(np.float32)
     sf.write(tmp_path / "multi.wav", x, 48_000, subtype="FLOAT")
     got = load_audio(tmp_path / "multi.wav")
     np.testing.assert_allclose(got.samples, x.mean(axis=1), atol=1e-6)
@@ -144,7 +145,7 @@ def test_zero_samples(tmp_path):
 
 
 def test_all_zero(tmp_path):
-    sf.write(tmp_path / "silent.wav", np.zeros(4800, np.float32), 48_000)
+    sf.write(tmp_path / "silent.wav", np.zeros(48_000, np.float32), 48_000)
     with pytest.raises(SilentAudioError, match="all zeros"):
         load_audio(tmp_path / "silent.wav")
 
@@ -156,7 +157,7 @@ def test_non_finite(tmp_path):
     with pytest.raises(NonFiniteAudioError, match="NaN"):
         load_audio(tmp_path / "nan.wav")
     with pytest.raises(NonFiniteAudioError):
-        check_signal(np.array([0.1, np.inf], np.float32), 48_000)
+        check_signal(np.array([0.1, np.inf], np.float32), 48_000, min_duration_s=None)
 
 
 @pytest.mark.parametrize("rate", [1, 500, 768_000])
@@ -172,6 +173,18 @@ def test_too_long_is_configurable(tmp_path):
     with pytest.raises(AudioTooLongError, match="over the 3 s limit"):
         load_audio(tmp_path / "long.wav", max_duration_s=3.0)
     assert load_audio(tmp_path / "long.wav", max_duration_s=5.0).duration_s == pytest.approx(4.0)
+
+
+def test_too_short_is_an_error_and_configurable(tmp_path):
+    rate = 16_000
+    sf.write(tmp_path / "blip.wav", tone(440, 0.05, rate), rate)
+    with pytest.raises(AudioTooShortError, match=r"blip.wav: audio is 0.050 s long, under the 0.2 s minimum"):
+        load_audio(tmp_path / "blip.wav")
+    assert load_audio(tmp_path / "blip.wav", min_duration_s=None).duration_s == pytest.approx(0.05)
+    assert load_audio(tmp_path / "blip.wav", min_duration_s=0.05).duration_s == pytest.approx(0.05)  # the bound is inclusive
+    with pytest.raises(AudioTooShortError):
+        check_signal(tone(440, 0.1, rate), rate)
+    assert check_signal(tone(440, audio_mod.MIN_DURATION_S, rate), rate).size == int(audio_mod.MIN_DURATION_S * rate)
 
 
 def test_default_limit_is_ten_minutes():

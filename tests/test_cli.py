@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from ser_edge.cli import main
 
-from conftest import tone
+from conftest import LABELS, tone
 
 
 def run(*args, input=None):
@@ -77,7 +77,7 @@ def test_each_error_is_one_line(tiny_model, tmp_path):
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
     silent = tmp_path / "silent.wav"
-    sf.write(silent, np.zeros(4800, np.float32), 48_000)
+    sf.write(silent, np.zeros(48_000, np.float32), 48_000)
     result = run("classify", tmp_path / "missing.wav", empty_dir, silent, "--model", tiny_model)
     assert result.exit_code == 1
     errors = result.stderr.strip().splitlines()
@@ -99,6 +99,16 @@ def test_usage_errors_exit_2(tiny_model, wav, tmp_path):
 def test_max_duration_option(tiny_model, wav):
     result = run("classify", wav(300, 4.0), "--model", tiny_model, "--max-duration", "3")
     assert result.exit_code == 1 and "over the 3 s limit" in result.stderr
+
+
+def test_min_duration_option(tiny_model, wav):
+    blip = wav(300, 0.1, name="blip.wav")
+    result = run("classify", blip, wav(300, 2.0), "--model", tiny_model)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {blip}: audio is 0.100 s long, under the 0.2 s minimum"
+    assert len(result.stdout.splitlines()) == 2  # header + the 2 s clip: the bad file does not stop the other
+    lenient = run("classify", blip, "--model", tiny_model, "--min-duration", "0", "--json")
+    assert lenient.exit_code == 0 and json.loads(lenient.stdout)["label"] in LABELS
 
 
 def test_stdin_wav(tiny_model):

@@ -28,6 +28,12 @@ def test_threads_is_keyword_only(tiny_model):
         EmotionClassifier(tiny_model, 2)  # type: ignore[misc]
 
 
+@pytest.mark.parametrize("bounds", [{"min_duration_s": -1.0}, {"min_duration_s": 5.0, "max_duration_s": 3.0}])
+def test_duration_bounds_are_checked(tiny_model, bounds):
+    with pytest.raises(ValueError, match="min_duration_s"):
+        EmotionClassifier(tiny_model, **bounds)
+
+
 def test_real_outputs_follow_the_input(tiny_model):
     clf = EmotionClassifier(tiny_model)
     low = clf.predict(tone(LOW_HZ, 2.0, 48_000), 48_000)

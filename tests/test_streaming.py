@@ -66,6 +66,19 @@ def test_buffer_stays_bounded(tiny_model):
     assert len(streamer._buffer) < 5 * 16_000
 
 
+def test_stream_shorter_than_the_minimum_emits_nothing(tiny_model):
+    clf = EmotionClassifier(tiny_model)
+    short = signal(0.1, 16_000)
+    streamer = StreamingClassifier(clf, 16_000)
+    assert streamer.push(short) == [] and streamer.flush() == []
+    lenient = EmotionClassifier(tiny_model, min_duration_s=None)
+    streamer = StreamingClassifier(lenient, 16_000)
+    streamer.push(short)
+    windows = streamer.flush()
+    assert len(windows) == 1
+    np.testing.assert_allclose(as_array(windows), as_array(lenient.predict(short, 16_000).windows), atol=1e-6)
+
+
 def test_bad_stream_input(tiny_model):
     clf = EmotionClassifier(tiny_model)
     with pytest.raises(SampleRateError):

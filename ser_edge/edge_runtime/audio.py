@@ -27,6 +27,7 @@ import soundfile as sf
 from ser_edge.edge_runtime.errors import (
     AudioFileNotFoundError,
     AudioTooLongError,
+    AudioTooShortError,
     CorruptAudioError,
     EmptyAudioError,
     NonFiniteAudioError,
@@ -40,6 +41,9 @@ from ser_edge.edge_runtime.resample import resample_poly
 MIN_SAMPLE_RATE = 1_000  # Hz: below this nothing of speech is left
 MAX_SAMPLE_RATE = 384_000  # Hz: the highest rate common audio hardware records
 MAX_DURATION_S = 600.0  # default limit on clip length (10 min)
+# Default minimum clip length: about one syllable. Anything shorter holds no speech to
+# classify, yet the model would still return confident-looking probabilities for it.
+MIN_DURATION_S = 0.2
 DEFAULT_HOP_S = 1.0  # hop between sliding windows on long clips
 AUDIO_EXTENSIONS = (".wav", ".flac")
 
@@ -74,8 +78,11 @@ def check_signal(
     *,
     name: str | None = None,
     max_duration_s: float | None = MAX_DURATION_S,
+    min_duration_s: float | None = MIN_DURATION_S,
 ) -> np.ndarray:
-    """Validate raw samples ``(n,)`` or ``(n, channels)`` and return them as mono float32."""
+    """Validate raw samples ``(n,)`` or ``(n, channels)`` and return them as mono float32.
+
+    ``max_duration_s`` / ``min_duration_s`` bound the clip length (``None``: no bound)."""
     if not isinstance(sample_rate, (int, np.integer)) or not (
         MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE
     ):
@@ -95,6 +102,11 @@ def check_signal(
             f"audio is {samples.size / sample_rate:.1f} s long, over the {max_duration_s:g} s limit",
             path=name,
         )
+    if min_duration_s is not None and samples.size < min_duration_s * sample_rate:
+        raise AudioTooShortError(
+            f"audio is {samples.size / sample_rate:.3f} s long, under the {min_duration_s:g} s minimum",
+            path=name,
+        )
     samples = samples.astype(np.float32, copy=False)
     if not np.isfinite(samples).all():
         raise NonFiniteAudioError("audio contains NaN or infinite samples", path=name)
@@ -103,7 +115,12 @@ def check_signal(
     return samples
 
 
-def load_audio(source: AudioSource, *, max_duration_s: float | None = MAX_DURATION_S) -> Audio:
+def load_audio(
+    source: AudioSource,
+    *,
+    max_duration_s: float | None = MAX_DURATION_S,
+    min_duration_s: float | None = MIN_DURATION_S,
+) -> Audio:
     """Decode a WAV/FLAC file (path or binary file object) to checked mono float32."""
     name = _name(source)
     if isinstance(source, (str, os.PathLike)):
@@ -128,7 +145,7 @@ def load_audio(source: AudioSource, *, max_duration_s: float | None = MAX_DURATI
         raise CorruptAudioError(f"cannot decode audio ({exc.error_string})", path=name) from exc
     except (sf.SoundFileError, RuntimeError, EOFError) as exc:
         raise CorruptAudioError(f"cannot decode audio ({exc})", path=name) from exc
-    mono = check_signal(samples, sample_rate, name=name, max_duration_s=max_duration_s)
+    mono = check_signal(samples, sample_rate, name=name, max_duration_s=max_duration_s, min_duration_s=min_duration_s)
     return Audio(mono, int(sample_rate))
 
 

@@ -51,5 +51,9 @@ class AudioTooLongError(AudioError):
     """The clip is longer than the configured limit."""
 
 
+class AudioTooShortError(AudioError):
+    """The clip is shorter than the configured minimum: too short to hold speech."""
+
+
 class ModelError(SerEdgeError):
     """The ONNX model is missing, unreadable, or its metadata does not match its graph."""

@@ -22,6 +22,7 @@ import numpy as np
 from ser_edge.edge_runtime.audio import (
     DEFAULT_HOP_S,
     MAX_DURATION_S,
+    MIN_DURATION_S,
     AudioSource,
     check_signal,
     load_audio,
@@ -117,6 +118,7 @@ class EmotionClassifier:
         threads: int = 1,
         hop_s: float = DEFAULT_HOP_S,
         max_duration_s: float | None = MAX_DURATION_S,
+        min_duration_s: float | None = MIN_DURATION_S,
     ) -> None:
         import onnxruntime as ort
 
@@ -124,10 +126,13 @@ class EmotionClassifier:
             raise ValueError(f"threads must be >= 1, got {threads}")
         if hop_s <= 0:
             raise ValueError(f"hop_s must be positive, got {hop_s}")
+        if min_duration_s is not None and (min_duration_s < 0 or (max_duration_s is not None and min_duration_s > max_duration_s)):
+            raise ValueError(f"need 0 <= min_duration_s <= max_duration_s, got {min_duration_s} and {max_duration_s}")
         self.path = os.fspath(path) if path is not None else default_model_path()
         self.threads = threads
         self.hop_s = hop_s
         self.max_duration_s = max_duration_s
+        self.min_duration_s = min_duration_s
         if not os.path.isfile(self.path):
             hint = "" if path is not None else " (no default model is shipped in this install; pass a model path)"
             raise ModelError(f"model file not found{hint}", path=self.path)
@@ -195,12 +200,13 @@ class EmotionClassifier:
 
     def predict(self, signal: np.ndarray, sample_rate: int, *, name: str | None = None) -> Prediction:
         """Classify mono ``(n,)`` or multi-channel ``(n, channels)`` audio at any rate."""
-        samples = check_signal(signal, sample_rate, name=name, max_duration_s=self.max_duration_s)
+        samples = check_signal(signal, sample_rate, name=name, max_duration_s=self.max_duration_s,
+                               min_duration_s=self.min_duration_s)
         return self._predict_mono(samples, int(sample_rate), name)
 
     def predict_file(self, source: AudioSource) -> Prediction:
         """Classify a WAV/FLAC file (path or binary file object)."""
-        audio = load_audio(source, max_duration_s=self.max_duration_s)
+        audio = load_audio(source, max_duration_s=self.max_duration_s, min_duration_s=self.min_duration_s)
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
         return self._predict_mono(audio.samples, audio.sample_rate, name)
 

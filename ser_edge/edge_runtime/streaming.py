@@ -5,7 +5,8 @@ starting at ``k * hop`` as soon as every input sample that window depends on (in
 the resampling filter's look-ahead) has arrived. :meth:`StreamingClassifier.flush` ends
 the stream and emits what the offline policy adds at the end (the end-aligned window, or
 the single centred window of a clip shorter than 3 s). The windows emitted over a whole
-stream are the offline :meth:`EmotionClassifier.predict` windows of the same audio.
+stream are the offline :meth:`EmotionClassifier.predict` windows of the same audio; a stream
+shorter than the classifier's ``min_duration_s`` emits none (offline, it is an error).
 
 Why this is exact: the polyphase resampler is a fixed FIR, so resampling a slice of the
 input that starts at a multiple of ``down`` input samples and extends one filter length
@@ -34,7 +35,7 @@ class StreamingClassifier:
     """Feed ``push(chunk)``; get the windows completed by that chunk."""
 
     def __init__(self, classifier: EmotionClassifier, sample_rate: int, *, hop_s: float = DEFAULT_HOP_S) -> None:
-        check_signal(np.ones(1, np.float32), sample_rate, max_duration_s=None)  # validates the rate
+        check_signal(np.ones(1, np.float32), sample_rate, max_duration_s=None, min_duration_s=None)  # validates the rate
         self.classifier = classifier
         self.sample_rate = int(sample_rate)
         self.hop_s = hop_s
@@ -124,8 +125,9 @@ class StreamingClassifier:
             return []
         self._closed = True
         total = -(-self._received * self._up // self._down)
-        if total == 0:
-            return []
+        minimum_s = self.classifier.min_duration_s
+        if total == 0 or (minimum_s is not None and self._received < minimum_s * self.sample_rate):
+            return []  # nothing to classify: offline, such audio raises EmptyAudioError / AudioTooShortError
         if total <= self._window:  # short clip: one centred, zero-padded window
             signal = fit_to_window(self._resampled(0, total, final=True), self.classifier.feature_config)
             probabilities = self.classifier.predict_features(log_mel(signal[None], self.classifier.feature_config))
