@@ -19,7 +19,7 @@ from typing import Iterator
 import click
 
 from ser_edge.edge_runtime.audio import AUDIO_EXTENSIONS, DEFAULT_HOP_S, MAX_DURATION_S, MIN_DURATION_S
-from ser_edge.edge_runtime.errors import NotAudioError, SerEdgeError
+from ser_edge.edge_runtime.errors import EmptyAudioError, NotAudioError, SerEdgeError
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
 STDIN = "-"
@@ -119,6 +119,8 @@ def _classify_stdin(classifier, raw_rate: int | None):
     import numpy as np
 
     data = sys.stdin.buffer.read()
+    if not data:
+        raise EmptyAudioError("nothing on stdin", path=STDIN)
     if raw_rate is not None:
         if len(data) % 2:
             raise NotAudioError("raw PCM on stdin has an odd number of bytes (expected 16-bit samples)", path=STDIN)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
@@ -147,6 +148,13 @@ def test_stdin_garbage(tiny_model):
     result = run("classify", "-", "--model", tiny_model, input=b"\x00\x01garbage" * 10)
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: -: not a supported audio file (WAV or FLAC)"
+
+
+@pytest.mark.parametrize("raw", [[], ["--raw-rate", "16000"]])
+def test_stdin_empty(tiny_model, raw):
+    result = run("classify", "-", "--model", tiny_model, *raw, input=b"")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: -: nothing on stdin"
 
 
 def test_training_commands_fail_in_one_line(tmp_path):
