@@ -19,7 +19,7 @@ from typing import Iterator
 import click
 
 from ser_edge.edge_runtime.audio import AUDIO_EXTENSIONS, DEFAULT_HOP_S, MAX_DURATION_S, MIN_DURATION_S
-from ser_edge.edge_runtime.errors import EmptyAudioError, NotAudioError, SerEdgeError
+from ser_edge.edge_runtime.errors import EmptyAudioError, ModelError, NotAudioError, SerEdgeError
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
 STDIN = "-"
@@ -306,8 +306,15 @@ def _run_data_dir(run_dir: str | None, data_dir: str | None) -> str:
 @click.option("--snr", help="With --model: also accuracy under white and babble noise at these SNRs (dB), e.g. 20,10,5,0.")
 @click.option("--bandwidth", default="16000,8000", show_default=True, help="With --snr: band-limited input rates to test.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="With --snr: write the robustness plot (PNG) here.")
-def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir, snr, bandwidth, plot_path) -> None:
-    """Classification report on held-out actors, for a run or an ONNX model."""
+@click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False),
+              help="Your own labelled clips instead of RAVDESS: a CSV with columns path,label[,speaker] "
+                   "(paths relative to the CSV). Scores --model, or the shipped model; needs no train extra.")
+def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir, snr, bandwidth, plot_path, manifest_path) -> None:
+    """Classification report on held-out actors, for a run or an ONNX model (or on your own clips: --manifest)."""
+    if manifest_path:
+        _evaluate_manifest(run_dir, model_path, manifest_path, threads, json_out,
+                           {"--data": data_dir, "--actors": actors, "--snr": snr})
+        return
     _train_modules()
     from ser_edge.train.evaluate import evaluate_onnx, evaluate_run
 
@@ -337,6 +344,27 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
         summary["robustness"] = _robustness(model_path, data, chosen, threads, snr, bandwidth, plot_path)
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2))
+
+
+def _evaluate_manifest(run_dir, model_path, manifest_path, threads, json_out, ravdess_only: dict[str, str | None]) -> None:
+    """``evaluate --manifest``: an ONNX model (default: the shipped one) on the clips a CSV labels."""
+    from ser_edge.train.evaluate import evaluate_manifest  # NumPy only: works on the edge-only install
+
+    given = [option for option, value in ravdess_only.items() if value]
+    if run_dir or given:
+        raise _fail(f"--manifest scores an ONNX model (--model) on the CSV's clips; it takes no "
+                    f"{'RUN_DIR' if run_dir else ', '.join(given)}", EXIT_USAGE)
+    try:
+        result = evaluate_manifest(model_path, manifest_path, threads=threads)
+    except SerEdgeError as exc:
+        raise _fail(str(exc), EXIT_USAGE if isinstance(exc, ModelError) else EXIT_INPUT_FAILED) from None
+    for message in result.skipped:
+        click.echo(f"skipped: {message}", err=True)
+    click.echo(result.report(), nl=False)
+    if json_out:
+        Path(json_out).write_text(json.dumps(result.summary, indent=2))
+    if result.skipped:
+        raise click.exceptions.Exit(EXIT_INPUT_FAILED)
 
 
 def _robustness(model_path, data, actors, threads, snr, bandwidth, plot_path) -> dict[str, float]:

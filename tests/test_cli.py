@@ -172,3 +172,37 @@ def test_training_commands_fail_in_one_line(tmp_path):
         assert result.exit_code == code, (args, result.output)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
         assert "Traceback" not in result.output
+
+
+def manifest(folder, rows, header="path,label,speaker"):
+    path = folder / "clips.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_evaluate_manifest_scores_your_own_clips(tiny_model, wav, tmp_path):
+    for name, freq in (("a/low1.wav", 300), ("a/low2.wav", 300), ("b/high1.wav", 10_000), ("b/high2.wav", 10_000)):
+        wav(freq, 2.0, name=name)
+    csv_path = manifest(tmp_path, ["a/low1.wav,neutral,ann", "a/low2.wav,neutral,ann",
+                                   f"{tmp_path / 'b/high1.wav'},disgust,bob", "b/high2.wav,neutral,bob"])
+    out = tmp_path / "metrics.json"
+    result = run("evaluate", "--manifest", csv_path, "--model", tiny_model, "--json", out)  # relative paths: from the CSV's folder
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{csv_path}: speakers ['ann', 'bob'] (4 clips)")
+    summary = json.loads(out.read_text())
+    assert summary["accuracy"] == 0.75 and summary["speakers"] == ["ann", "bob"] and summary["manifest"] == str(csv_path)
+
+
+def test_evaluate_manifest_errors(tiny_model, wav, tmp_path):
+    wav(300, 2.0, name="low.wav")
+    bad_label = run("evaluate", "--manifest", manifest(tmp_path, ["low.wav,neutral,a", "low.wav,joy,a"]), "--model", tiny_model)
+    assert bad_label.exit_code == 1 and bad_label.stdout == ""
+    assert bad_label.stderr.strip().startswith(f"error: {tmp_path / 'clips.csv'} line 3: label 'joy' is not one of the model's labels")
+    no_header = run("evaluate", "--manifest", manifest(tmp_path, [], header="low.wav,neutral"), "--model", tiny_model)
+    assert no_header.exit_code == 1 and "missing ['path', 'label']" in no_header.stderr
+    missing_clip = run("evaluate", "--manifest", manifest(tmp_path, ["gone.wav,sad,a", "low.wav,neutral,a"]), "--model", tiny_model)
+    assert missing_clip.exit_code == 1  # one bad clip: reported, the others still scored
+    assert missing_clip.stderr.strip() == f"skipped: {tmp_path / 'gone.wav'}: no such file"
+    assert "accuracy                         1.000         1" in missing_clip.stdout
+    assert run("evaluate", tmp_path, "--manifest", tmp_path / "clips.csv").exit_code == 2
+    assert run("evaluate", "--manifest", tmp_path / "clips.csv", "--actors", "1").exit_code == 2

@@ -36,3 +36,17 @@ def test_training_command_reports_missing_extra():
     result = run_python(code)
     assert result.returncode == 2
     assert "pip install 'ser-edge[train]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_manifest_evaluation_with_torch_blocked(tiny_model, wav, tmp_path):
+    """`evaluate --manifest` is for app developers with the edge-only install."""
+    wav(300, 2.0, name="low.wav")
+    (tmp_path / "clips.csv").write_text("path,label\nlow.wav,neutral\n")
+    code = (
+        "from ser_edge.cli import main\n"
+        f"main(['evaluate', '--manifest', {str(tmp_path / 'clips.csv')!r}, '--model', {str(tiny_model)!r}], standalone_mode=False)\n"
+        "assert not any(m.split('.')[0] in ('torch', 'onnx', 'scipy') and sys.modules[m] is not None for m in sys.modules)\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert "accuracy                         1.000         1" in result.stdout

@@ -6,6 +6,7 @@ resample -> windows -> log_mel -> onnxruntime -> mean of window probabilities.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -32,6 +33,10 @@ class Evaluation:
     # Evaluated actors the model has seen: {"train": [...], "val": [...]}; empty when every
     # evaluated actor is held out (or the model does not record its split).
     not_held_out: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    # Set when the clips come from a manifest (:func:`evaluate_manifest`): the CSV's path and
+    # the speakers it names (``actors`` is then empty).
+    manifest: str | None = None
+    speakers: list[str] = dataclasses.field(default_factory=list)
 
     def only(self, actors: Iterable[int]) -> "Evaluation":
         """The same evaluation restricted to the clips of ``actors``."""
@@ -51,12 +56,15 @@ class Evaluation:
         out = metrics.summary(self.y_true, self.probabilities.argmax(1), self.labels)
         out["ece"] = metrics.expected_calibration_error(self.probabilities, self.y_true)
         out["actors"] = self.actors
+        if self.manifest is not None:
+            out["manifest"], out["speakers"] = self.manifest, self.speakers
         if self.not_held_out:
             out["not_held_out"] = self.not_held_out
         return out
 
     def report(self) -> str:
-        head = f"actors {self.actors} ({len(self.y_true)} clips)\n"
+        scope = f"actors {self.actors}" if self.manifest is None else f"{self.manifest}: speakers {self.speakers}"
+        head = f"{scope} ({len(self.y_true)} clips)\n"
         seen = ", ".join(SPLIT_ROLES[part].format(actors) for part, actors in self.not_held_out.items())
         if seen:
             head += f"NOT HELD OUT: the model was {seen}; not a speaker-independent score\n"
@@ -145,6 +153,72 @@ def evaluate_conditions(
                          np.array(owners[name], dtype=np.int64), seen)
         for name in conditions
     }
+
+
+MANIFEST_COLUMNS = ("path", "label")  # required; "speaker" is optional
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestRow:
+    path: str  # as resolved: relative paths are taken from the manifest's folder
+    label: str
+    speaker: str
+
+
+def read_manifest(manifest: str | os.PathLike, labels: Iterable[str]) -> list[ManifestRow]:
+    """The rows of a CSV manifest (header with ``path``, ``label`` and optionally ``speaker``),
+    checked whole before anything is classified: every label must be one of ``labels``."""
+    manifest = Path(manifest)
+    known = tuple(labels)
+    try:
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise DatasetError(f"manifest needs a header with columns {list(MANIFEST_COLUMNS)} "
+                                   f"(and optionally speaker); missing {missing}", path=str(manifest))
+            rows = []
+            for row in reader:
+                where = f"{manifest} line {reader.line_num}"
+                path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+                if not path:
+                    raise DatasetError("empty path", path=where)
+                if label not in known:
+                    raise DatasetError(f"label {label!r} is not one of the model's labels {list(known)}", path=where)
+                resolved = Path(path) if Path(path).is_absolute() else manifest.parent / path
+                rows.append(ManifestRow(str(resolved), label, (row.get("speaker") or "").strip()))
+    except FileNotFoundError:
+        raise DatasetError("no such manifest", path=str(manifest)) from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"not a readable CSV manifest ({exc})", path=str(manifest)) from None
+    if not rows:
+        raise DatasetError("manifest lists no clips", path=str(manifest))
+    return rows
+
+
+def evaluate_manifest(model_path: str | os.PathLike | None, manifest: str | os.PathLike, *, threads: int = 1) -> Evaluation:
+    """Evaluate an ONNX model through :class:`EmotionClassifier` on the clips a CSV manifest
+    labels (your own data). A clip that cannot be classified is skipped, with its reason."""
+    from ser_edge.edge_runtime import EmotionClassifier
+
+    classifier = EmotionClassifier(model_path, threads=threads)
+    rows = read_manifest(manifest, classifier.labels)
+    label_index = {label: i for i, label in enumerate(classifier.labels)}
+    y, probs, skipped, speakers = [], [], [], set()
+    for row in rows:
+        try:
+            prediction = classifier.predict_file(row.path)
+        except SerEdgeError as exc:
+            skipped.append(str(exc))
+            continue
+        y.append(label_index[row.label])
+        probs.append([prediction.probabilities[label] for label in classifier.labels])
+        speakers.add(row.speaker)
+    if not y:
+        raise DatasetError(f"no clip of the {len(rows)} listed could be classified (first: {skipped[0]})",
+                           path=str(manifest))
+    return Evaluation([], classifier.labels, np.array(y), np.array(probs), skipped,
+                      manifest=str(manifest), speakers=sorted(speakers - {""}))
 
 
 def _exported_split(metadata: Mapping[str, str]) -> dict[str, list[int]] | None:
