@@ -164,7 +164,7 @@ def _train_modules():
 
 
 @main.command()
-@click.argument("data_dir", type=click.Path(file_okay=False))
+@click.argument("data_dir", type=click.Path())
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/default", show_default=True, help="Run folder.")
 @click.option("--folds", type=click.IntRange(min=0), default=0, help="Actor-wise K-fold cross-validation instead of one split.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epoch cap  [default: the recipe's, 150]")
@@ -196,7 +196,8 @@ def _train_modules():
 def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_seed, device, actors, recipe, only_fold, threads, augment,
           mixup, speaker_adversarial, intensity_aux, mixstyle, ema_decay, reverb, bandlimit, speed, pitch, teachers, distill,
           distill_temperature, cache_dir, strict, quiet) -> None:
-    """Train a ParallelModel on RAVDESS-named clips with an actor-wise split."""
+    """Train a ParallelModel with a speaker-wise split, on a RAVDESS folder (DATA_DIR) or on your
+    own clips (DATA_DIR: a CSV manifest with the columns path,label,speaker)."""
     pipeline = _train_modules()
     from ser_edge.edge_runtime.features import FeatureConfig
     from ser_edge.train.augment import AugmentConfig
@@ -217,6 +218,10 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
     if prepared.skipped:
         click.echo(f"skipped {len(prepared.skipped)} files (see warnings above)", err=True)
     present = sorted({c.actor for c in prepared.feature_set.clips})
+    if prepared.speakers:
+        click.echo("speakers: " + ", ".join(f"{n} = {name}" for n, name in sorted(prepared.speakers.items())))
+        if actors:
+            raise _fail("--actors is for RAVDESS folders; leave speakers out of the manifest instead", EXIT_USAGE)
     if actors:
         try:
             wanted = {int(a) for a in actors.split(",")}
@@ -238,6 +243,8 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         train_config = dataclasses.replace(train_config, distill_weight=DEFAULT_DISTILL_WEIGHT)
     if train_config.distill_weight > 0 and not teachers:
         raise _fail("--distill needs the teachers' run folders (--teacher)", EXIT_USAGE)
+    if prepared.speakers and train_config.intensity_aux > 0:
+        raise _fail("the intensity head needs RAVDESS intensities, which a manifest does not give", EXIT_USAGE)
     kwargs = dict(
         feature_config=feature_config,
         train_config=train_config,
@@ -292,13 +299,13 @@ def _run_data_dir(run_dir: str | None, data_dir: str | None) -> str:
             root = json.loads(config.read_text()).get("data_root")
             if root:
                 return root
-    raise _fail("give the data folder with --data", EXIT_USAGE)
+    raise _fail("give the data folder (or CSV manifest) with --data", EXIT_USAGE)
 
 
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Evaluate this ONNX model (through the edge runtime) instead of a run.")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Data folder (default: the run's).")
+@click.option("--data", "data_dir", type=click.Path(), help="Data folder or CSV manifest (default: the run's).")
 @click.option("--actors", help="Comma-separated actors (default: the run's test actors; all for --model).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
@@ -394,7 +401,7 @@ def _robustness(model_path, data, actors, threads, snr, bandwidth, plot_path) ->
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="Output .onnx path.")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Data folder for parity/calibration (default: the run's).")
+@click.option("--data", "data_dir", type=click.Path(), help="Data folder or CSV manifest for parity/calibration (default: the run's).")
 @click.option("--quantize", type=click.Choice(["int8"]), help="Also write an int8 variant next to the fp32 model.")
 @click.option("--no-calibrate", is_flag=True, help="Skip temperature scaling on the validation actors.")
 @click.option("--weights", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,

@@ -105,11 +105,11 @@ def test_scaler_constant_position_gets_unit_scale():
 
 def test_class_weights_inverse_frequency():
     labels = np.array([0] * 4 + [1] * 8 + [2] * 8)
-    w = class_weights(labels, 3)
+    w = class_weights(labels, ("a", "b", "c"))
     assert w[0] == pytest.approx(2 * w[1]) and w[1] == pytest.approx(w[2])
     assert w.mean() == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="no examples"):
-        class_weights(np.array([0, 0, 1]), 3)
+    with pytest.raises(DatasetError, match=r"no clips labelled \['c'\]"):
+        class_weights(np.array([0, 0, 1]), ("a", "b", "c"))
 
 
 def test_add_noise_hits_the_snr():

@@ -39,7 +39,7 @@ def training_weights(clips: list, train_actors: list[int]) -> np.ndarray:
     """``class_weights`` of the training actors' clips, as the trainer computes them."""
     actors = set(train_actors)
     labels = np.array([c.label_index for c in clips if c.actor in actors])
-    return class_weights(labels, len(LABELS)).astype(np.float64)
+    return class_weights(labels, LABELS).astype(np.float64)
 
 
 def fold_scores(cv_dirs: list[Path], data: str, cache: str, taus: tuple[float, ...]) -> list[dict]:

@@ -1,4 +1,5 @@
-"""RAVDESS speech: file-name metadata, actor-wise splits and the on-disk feature cache.
+"""Training data: RAVDESS speech (labels and actors from the file names) or your own clips
+from a CSV manifest; actor-wise (speaker-wise) splits and the on-disk feature cache.
 
 Features come from the edge runtime's own front-end (``load_audio`` -> ``to_model_rate``
 -> ``split_windows`` -> ``log_mel``): there is no second implementation.
@@ -6,6 +7,7 @@ Features come from the edge runtime's own front-end (``load_audio`` -> ``to_mode
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
 import hashlib
@@ -76,6 +78,65 @@ class Clip:
         return self.actor % 2 == 0
 
 
+@dataclasses.dataclass(frozen=True)
+class ManifestClip:
+    """One clip of a CSV manifest: its label and speaker as the manifest names them.
+
+    ``actor`` numbers the manifest's speakers 1, 2, ... in sorted order, so that splits,
+    reports and run configs treat them as RAVDESS actors; ``label_index`` indexes the
+    manifest's sorted labels. No intensity is known (the intensity head needs RAVDESS).
+    """
+
+    path: str
+    label: str
+    label_index: int
+    speaker: str
+    actor: int
+    intensity: int = 1
+
+
+MANIFEST_COLUMNS = ("path", "label")  # always required
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestRow:
+    path: str  # as resolved: relative paths are taken from the manifest's folder
+    label: str
+    speaker: str
+    line: int
+
+
+def read_manifest_rows(manifest: str | os.PathLike, *, need_speaker: bool = False) -> list[ManifestRow]:
+    """The rows of a CSV manifest: a header naming ``path`` and ``label`` (and ``speaker``,
+    which ``need_speaker`` requires on every row), then one clip per line."""
+    manifest = Path(manifest)
+    required = (*MANIFEST_COLUMNS, "speaker") if need_speaker else MANIFEST_COLUMNS
+    try:
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in required if c not in (reader.fieldnames or ())]
+            if missing:
+                raise DatasetError(f"manifest needs a header with columns {list(required)}"
+                                   f"{'' if need_speaker else ' (and optionally speaker)'}; missing {missing}",
+                                   path=str(manifest))
+            rows = []
+            for row in reader:
+                where = f"{manifest} line {reader.line_num}"
+                path, label, speaker = ((row.get(c) or "").strip() for c in ("path", "label", "speaker"))
+                for column, value in (("path", path), ("label", label), ("speaker", speaker)):
+                    if not value and column in required:
+                        raise DatasetError(f"empty {column}", path=where)
+                resolved = Path(path) if Path(path).is_absolute() else manifest.parent / path
+                rows.append(ManifestRow(str(resolved), label, speaker, reader.line_num))
+    except FileNotFoundError:
+        raise DatasetError("no such manifest", path=str(manifest)) from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"not a readable CSV manifest ({exc})", path=str(manifest)) from None
+    if not rows:
+        raise DatasetError("manifest lists no clips", path=str(manifest))
+    return rows
+
+
 def parse_name(path: str | os.PathLike) -> Clip:
     """Parse ``MM-VV-EE-II-SS-RR-AA.ext``; raise :class:`DatasetError` on anything else."""
     path = os.fspath(path)
@@ -108,12 +169,36 @@ def parse_name(path: str | os.PathLike) -> Clip:
 
 @dataclasses.dataclass
 class ScanResult:
-    clips: list[Clip]
+    clips: list[Clip] | list[ManifestClip]
     skipped: list[str]  # one-line messages
+    labels: tuple[str, ...] = LABELS
+    speakers: dict[int, str] | None = None  # a manifest's speaker of each actor number
+
+
+def is_manifest(root: str | os.PathLike) -> bool:
+    """Whether a data source is a CSV manifest (a file) rather than a RAVDESS folder."""
+    return Path(root).suffix.lower() == ".csv" and not Path(root).is_dir()
+
+
+def scan_manifest(manifest: str | os.PathLike) -> ScanResult:
+    """Your own clips: a CSV manifest with the columns ``path,label,speaker`` (paths relative
+    to the CSV). Labels are the manifest's, sorted; speakers are numbered 1, 2, ... sorted."""
+    rows = read_manifest_rows(manifest, need_speaker=True)
+    labels = tuple(sorted({r.label for r in rows}))
+    if len(labels) < 2:
+        raise DatasetError(f"a classifier needs at least 2 labels; the manifest has {list(labels)}", path=str(manifest))
+    speakers = sorted({r.speaker for r in rows})
+    actor = {name: i + 1 for i, name in enumerate(speakers)}
+    label_index = {label: i for i, label in enumerate(labels)}
+    clips = [ManifestClip(r.path, r.label, label_index[r.label], r.speaker, actor[r.speaker]) for r in rows]
+    return ScanResult(clips, [], labels, {number: name for name, number in actor.items()})
 
 
 def scan_dataset(root: str | os.PathLike, *, strict: bool = False) -> ScanResult:
-    """Find RAVDESS speech clips under ``root`` (``Actor_NN/*.wav|.flac`` or any nesting)."""
+    """Find RAVDESS speech clips under ``root`` (``Actor_NN/*.wav|.flac`` or any nesting), or
+    read the clips of a CSV manifest (:func:`scan_manifest`) when ``root`` is one."""
+    if is_manifest(root):
+        return scan_manifest(root)
     root = Path(root)
     if not root.is_dir():
         raise DatasetError("data folder does not exist or is not a directory", path=str(root))
@@ -195,13 +280,19 @@ def kfold_splits(actors: Iterable[int], folds: int, *, n_val: int = 2, seed: int
 # -- hashing and the feature cache -------------------------------------------------------
 
 
-def data_hash(clips: Sequence[Clip], root: str | os.PathLike) -> str:
-    """sha256 over the sorted (relative path, content sha256) of every clip."""
+def data_hash(clips: Sequence[Clip] | Sequence[ManifestClip], root: str | os.PathLike) -> str:
+    """sha256 over the sorted (relative path, content sha256) of every clip (and, for a
+    manifest, its label and speaker: relabelling a clip is a different data set)."""
+    base = Path(root).parent if is_manifest(root) else root
     digest = hashlib.sha256()
     for clip in sorted(clips, key=lambda c: c.path):
-        with open(clip.path, "rb") as handle:
-            content = hashlib.sha256(handle.read()).hexdigest()
-        digest.update(f"{os.path.relpath(clip.path, root)} {content}\n".encode())
+        try:
+            with open(clip.path, "rb") as handle:
+                content = hashlib.sha256(handle.read()).hexdigest()
+        except OSError:
+            content = "unreadable"  # the feature pass skips it, with its reason
+        names = f" {clip.label} {clip.speaker}" if isinstance(clip, ManifestClip) else ""
+        digest.update(f"{os.path.relpath(clip.path, base)} {content}{names}\n".encode())
     return digest.hexdigest()
 
 

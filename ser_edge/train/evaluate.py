@@ -6,7 +6,6 @@ resample -> windows -> log_mel -> onnxruntime -> mean of window probabilities.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -18,7 +17,7 @@ import numpy as np
 from ser_edge.edge_runtime.audio import DEFAULT_HOP_S
 from ser_edge.edge_runtime.errors import SerEdgeError
 from ser_edge.train import metrics
-from ser_edge.train.data import LABELS, Clip, DatasetError, scan_dataset
+from ser_edge.train.data import LABELS, Clip, DatasetError, ManifestRow, read_manifest_rows, scan_dataset
 from ser_edge.train.robustness import Transform
 
 
@@ -63,7 +62,10 @@ class Evaluation:
         return out
 
     def report(self) -> str:
-        scope = f"actors {self.actors}" if self.manifest is None else f"{self.manifest}: speakers {self.speakers}"
+        if self.manifest is not None:
+            scope = f"{self.manifest}: speakers {self.speakers}"
+        else:
+            scope = f"actors {self.actors}" + (f" (speakers {self.speakers})" if self.speakers else "")
         head = f"{scope} ({len(self.y_true)} clips)\n"
         seen = ", ".join(SPLIT_ROLES[part].format(actors) for part, actors in self.not_held_out.items())
         if seen:
@@ -155,44 +157,15 @@ def evaluate_conditions(
     }
 
 
-MANIFEST_COLUMNS = ("path", "label")  # required; "speaker" is optional
-
-
-@dataclasses.dataclass(frozen=True)
-class ManifestRow:
-    path: str  # as resolved: relative paths are taken from the manifest's folder
-    label: str
-    speaker: str
-
-
 def read_manifest(manifest: str | os.PathLike, labels: Iterable[str]) -> list[ManifestRow]:
     """The rows of a CSV manifest (header with ``path``, ``label`` and optionally ``speaker``),
     checked whole before anything is classified: every label must be one of ``labels``."""
-    manifest = Path(manifest)
     known = tuple(labels)
-    try:
-        with open(manifest, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or ())]
-            if missing:
-                raise DatasetError(f"manifest needs a header with columns {list(MANIFEST_COLUMNS)} "
-                                   f"(and optionally speaker); missing {missing}", path=str(manifest))
-            rows = []
-            for row in reader:
-                where = f"{manifest} line {reader.line_num}"
-                path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-                if not path:
-                    raise DatasetError("empty path", path=where)
-                if label not in known:
-                    raise DatasetError(f"label {label!r} is not one of the model's labels {list(known)}", path=where)
-                resolved = Path(path) if Path(path).is_absolute() else manifest.parent / path
-                rows.append(ManifestRow(str(resolved), label, (row.get("speaker") or "").strip()))
-    except FileNotFoundError:
-        raise DatasetError("no such manifest", path=str(manifest)) from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"not a readable CSV manifest ({exc})", path=str(manifest)) from None
-    if not rows:
-        raise DatasetError("manifest lists no clips", path=str(manifest))
+    rows = read_manifest_rows(manifest)
+    for row in rows:
+        if row.label not in known:
+            raise DatasetError(f"label {row.label!r} is not one of the model's labels {list(known)}",
+                               path=f"{manifest} line {row.line}")
     return rows
 
 
@@ -252,5 +225,6 @@ def evaluate_run(
     probs, y = clip_level(fs, rows, window_probs)
     clip_actors = np.array([fs.clips[c].actor for c in np.unique(fs.window_clip[rows])], dtype=np.int64)
     evaluated = sorted({c.actor for c in fs.clips})
+    names = config.get("speakers") or {}  # a manifest-trained run's speaker of each actor number
     return Evaluation(evaluated, tuple(config.get("labels", LABELS)), y, probs, [], clip_actors,
-                      not_held_out(config.get("split"), evaluated))
+                      not_held_out(config.get("split"), evaluated), speakers=[names[str(a)] for a in evaluated if str(a) in names])

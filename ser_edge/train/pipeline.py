@@ -14,7 +14,7 @@ import numpy as np
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig
 from ser_edge.train.augment import AugmentConfig
-from ser_edge.train.data import FeatureSet, Split, data_hash, kfold_splits, load_feature_set, scan_dataset, split_actors
+from ser_edge.train.data import LABELS, FeatureSet, Split, data_hash, kfold_splits, load_feature_set, scan_dataset, split_actors
 from ser_edge.train.trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -169,14 +169,18 @@ class Prepared:
     feature_set: FeatureSet
     data_hash: str
     skipped: list[str]
-    root: str
+    root: str  # the RAVDESS folder or the CSV manifest, resolved
+    labels: tuple[str, ...] = LABELS
+    speakers: dict[int, str] | None = None  # a manifest's speaker name of each actor number
 
 
 def prepare(data_root: str | os.PathLike, feature_config: FeatureConfig, *, cache_dir, strict: bool = False) -> Prepared:
+    """Scan a RAVDESS folder or a CSV manifest (``data.scan_dataset``) and compute (or load
+    from the cache) the features of its clips."""
     scan = scan_dataset(data_root, strict=strict)
     digest = data_hash(scan.clips, data_root)
     feature_set = load_feature_set(scan.clips, feature_config, cache_dir=cache_dir, content_hash=digest)
-    return Prepared(feature_set, digest, scan.skipped, str(Path(data_root).resolve()))
+    return Prepared(feature_set, digest, scan.skipped, str(Path(data_root).resolve()), scan.labels, scan.speakers)
 
 
 def train_split(
@@ -197,12 +201,16 @@ def train_split(
 
 def make_trainer(prepared: Prepared, split: Split, run_dir: str | os.PathLike, **kwargs) -> Trainer:
     """The Trainer of one run folder (``kwargs``: train_split's keyword arguments)."""
+    if "model_config" in kwargs:  # one output per label of the data set
+        kwargs["model_config"] = dataclasses.replace(kwargs["model_config"], n_classes=len(prepared.labels))
     return Trainer(
         run_dir,
         prepared.feature_set,
         split,
         data_hash=prepared.data_hash,
         data_root=prepared.root,
+        labels=prepared.labels,
+        speakers=prepared.speakers,
         **kwargs,
     )
 

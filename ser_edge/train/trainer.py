@@ -15,7 +15,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig, ParallelModel
 from ser_edge.train import metrics
 from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, tempo_perturb, waveform_log_mel
-from ser_edge.train.data import LABELS, FeatureSet, Split, front_end_fingerprint
+from ser_edge.train.data import LABELS, DatasetError, FeatureSet, Split, front_end_fingerprint
 from ser_edge.train.distill import Teachers, distillation_loss, load_teachers, teacher_provenance
 from ser_edge.train.heads import IntensityHead, SpeakerAdversary
 from ser_edge.train.scaler import Scaler
@@ -127,12 +127,13 @@ def code_version() -> str:
         return __version__
 
 
-def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+def class_weights(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """Inverse-frequency weights of the training split, normalised to mean 1."""
+    n_classes = len(names)
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     if (counts == 0).any():
-        missing = [LABELS[i] if n_classes == len(LABELS) else str(i) for i in np.flatnonzero(counts == 0)]
-        raise ValueError(f"training split has no examples of {missing}")
+        missing = [names[i] for i in np.flatnonzero(counts == 0)]
+        raise DatasetError(f"the training speakers have no clips labelled {missing}")
     weights = counts.sum() / (n_classes * counts)
     return (weights / weights.mean()).astype(np.float32)
 
@@ -274,6 +275,8 @@ class Trainer:
         augment: AugmentConfig = AugmentConfig(),
         data_hash: str = "",
         data_root: str = "",
+        labels: Sequence[str] = LABELS,
+        speakers: Mapping[int, str] | None = None,
         teachers: Sequence[str | os.PathLike] = (),
         progress: bool = True,
     ) -> None:
@@ -286,6 +289,10 @@ class Trainer:
         self.aug = augment
         self.data_hash = data_hash
         self.data_root = data_root
+        self.labels = tuple(labels)
+        self.speakers = dict(speakers) if speakers else None
+        if model_config.n_classes != len(self.labels):
+            raise ValueError(f"the model has {model_config.n_classes} outputs for {len(self.labels)} labels")
         self.progress = progress
         self.teacher_dirs = [Path(t) for t in teachers]
         if bool(self.teacher_dirs) != (train_config.distill_weight > 0):
@@ -327,7 +334,8 @@ class Trainer:
             "augment": dataclasses.asdict(self.aug),
             "features": dataclasses.asdict(self.fc),
             "front_end": front_end_fingerprint(self.fc),  # the features' exact bytes (data.py)
-            "labels": list(LABELS),
+            "labels": list(self.labels),
+            **({"speakers": {str(k): v for k, v in sorted(self.speakers.items())}} if self.speakers else {}),
             "split": self.split.to_dict(),
             "n_windows": {k: int(len(v)) for k, v in self.rows.items()},
             "data_hash": self.data_hash,
@@ -414,7 +422,7 @@ class Trainer:
 
     def evaluate(self, model, scaler: Scaler, name: str, predictions=None) -> dict[str, Any]:
         probs, labels = predictions if predictions is not None else self._clip_predictions(model, scaler, name)
-        result = metrics.summary(labels, probs.argmax(1), LABELS)
+        result = metrics.summary(labels, probs.argmax(1), self.labels)
         result["loss"] = _nll(probs, labels)
         result["actors"] = list(getattr(self.split, name))
         return result
@@ -477,7 +485,7 @@ class Trainer:
     def _criterion(self) -> torch.nn.Module:
         """Class-weighted (by the training clips), label-smoothed cross-entropy."""
         train_labels = np.array([self.fs.clips[c].label_index for c in np.unique(self.fs.window_clip[self.rows["train"]])])
-        weights = torch.from_numpy(class_weights(train_labels, len(LABELS))).to(self.tc.device)
+        weights = torch.from_numpy(class_weights(train_labels, self.labels)).to(self.tc.device)
         return torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=self.tc.label_smoothing)
 
     def _learner(self) -> "_Learner":
@@ -525,11 +533,11 @@ class Trainer:
 
         if "test" in results:
             probs, labels = predictions["test"]
-            report = metrics.classification_report(labels, probs.argmax(1), LABELS)
+            report = metrics.classification_report(labels, probs.argmax(1), self.labels)
             (self.run_dir / "report.txt").write_text(
                 f"test actors {list(self.split.test)} ({len(labels)} clips)\n\n{report}"
             )
-            plot_confusion(np.array(results["test"]["confusion"]), LABELS, self.run_dir / "confusion.png",
+            plot_confusion(np.array(results["test"]["confusion"]), self.labels, self.run_dir / "confusion.png",
                            title=f"test actors {list(self.split.test)}")
         plot_curves(state["history"], self.run_dir / "curves.png")
         return out
