@@ -19,14 +19,18 @@ def test_import_runtime_with_torch_blocked():
     assert result.stdout.strip() == "ok"
 
 
-def test_classify_with_torch_blocked(tiny_model, wav):
-    path = wav(300, 2.0)
+def run_cli_blocked(*args: str) -> subprocess.CompletedProcess:
+    """``ser-edge ARGS`` with torch and onnx blocked; fails unless no torch, onnx or scipy got imported."""
     code = (
         "from ser_edge.cli import main\n"
-        f"main(['classify', {str(path)!r}, '--model', {str(tiny_model)!r}, '--json'], standalone_mode=False)\n"
+        f"main({list(args)!r}, standalone_mode=False)\n"
         "assert not any(m.split('.')[0] in ('torch', 'onnx', 'scipy') and sys.modules[m] is not None for m in sys.modules)\n"
     )
-    result = run_python(code)
+    return run_python(code)
+
+
+def test_classify_with_torch_blocked(tiny_model, wav):
+    result = run_cli_blocked("classify", str(wav(300, 2.0)), "--model", str(tiny_model), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["label"] == "neutral"
 
@@ -42,11 +46,6 @@ def test_manifest_evaluation_with_torch_blocked(tiny_model, wav, tmp_path):
     """`evaluate --manifest` is for app developers with the edge-only install."""
     wav(300, 2.0, name="low.wav")
     (tmp_path / "clips.csv").write_text("path,label\nlow.wav,neutral\n")
-    code = (
-        "from ser_edge.cli import main\n"
-        f"main(['evaluate', '--manifest', {str(tmp_path / 'clips.csv')!r}, '--model', {str(tiny_model)!r}], standalone_mode=False)\n"
-        "assert not any(m.split('.')[0] in ('torch', 'onnx', 'scipy') and sys.modules[m] is not None for m in sys.modules)\n"
-    )
-    result = run_python(code)
+    result = run_cli_blocked("evaluate", "--manifest", str(tmp_path / "clips.csv"), "--model", str(tiny_model))
     assert result.returncode == 0, result.stderr
     assert "accuracy                         1.000         1" in result.stdout
