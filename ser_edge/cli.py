@@ -219,7 +219,7 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         click.echo(f"skipped {len(prepared.skipped)} files (see warnings above)", err=True)
     present = sorted({c.actor for c in prepared.feature_set.clips})
     if prepared.speakers:
-        click.echo("speakers: " + ", ".join(f"{n} = {name}" for n, name in sorted(prepared.speakers.items())))
+        click.echo("speakers as actors: " + ", ".join(f"{n} = {name}" for n, name in sorted(prepared.speakers.items())))
         if actors:
             raise _fail("--actors is for RAVDESS folders; leave speakers out of the manifest instead", EXIT_USAGE)
     if actors:
@@ -273,6 +273,9 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         return
     split = split_actors(present, seed=split_seed)
     click.echo(f"actors: train {list(split.train)}, val {list(split.val)}, test {list(split.test)}")
+    if prepared.speakers:
+        named = {part: [prepared.speakers[a] for a in getattr(split, part)] for part in ("train", "val", "test")}
+        click.echo(f"speakers: train {named['train']}, val {named['val']}, test {named['test']}")
     try:
         metrics = pipeline.train_split(prepared, split, out_dir, **kwargs)
     except SerEdgeError as exc:

@@ -73,7 +73,7 @@ def test_train_export_classify_on_a_manifest(tmp_path):
     trained = runner.invoke(main, ["train", str(manifest), "--out", str(run_dir), "--epochs", "2", "--cache", str(cache),
                                    "--quiet", "--threads", "1"])
     assert trained.exit_code == 0, trained.output
-    assert "speakers: 1 = ann, 2 = bob, 3 = cat, 4 = dan, 5 = eve" in trained.output
+    assert "speakers as actors: 1 = ann, 2 = bob, 3 = cat, 4 = dan, 5 = eve" in trained.output
     config = json.loads((run_dir / "config.json").read_text())
     assert config["labels"] == ["high", "low", "mid"] and config["model"]["n_classes"] == 3
     assert config["speakers"] == {str(i + 1): name for i, name in enumerate(SPEAKERS)}
@@ -82,10 +82,12 @@ def test_train_export_classify_on_a_manifest(tmp_path):
     assert sorted(split["train"] + split["val"] + split["test"]) == [1, 2, 3, 4, 5]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["n"] == 6 * len(split["test"])  # 3 labels x 2 clips per test speaker
+    test_names = [SPEAKERS[a - 1] for a in split["test"]]
+    assert f"speakers: train {[SPEAKERS[a - 1] for a in split['train']]}" in trained.output
+    assert (run_dir / "report.txt").read_text().startswith(f"test actors {split['test']} (speakers {test_names}) (")
 
     evaluated = runner.invoke(main, ["evaluate", str(run_dir), "--cache", str(cache)])  # PyTorch, the run's test speakers
     assert evaluated.exit_code == 0, evaluated.output
-    test_names = [SPEAKERS[a - 1] for a in split["test"]]
     assert evaluated.output.startswith(f"actors {split['test']} (speakers {test_names}) ({6 * len(test_names)} clips)")
 
     exported = runner.invoke(main, ["export", str(run_dir), "--out", str(model), "--cache", str(cache)])

@@ -327,6 +327,11 @@ class Trainer:
                 "train into a new --out folder, or delete this one to start over", path=str(self.run_dir))
         return previous
 
+    def who(self, actors: Sequence[int]) -> str:
+        """``actors [..]``, with a manifest's speaker names: what a report says it measured."""
+        names = f" (speakers {[self.speakers[a] for a in actors]})" if self.speakers else ""
+        return f"actors {list(actors)}{names}"
+
     def config_dict(self) -> dict[str, Any]:
         return {
             "train": dataclasses.asdict(self.tc),
@@ -534,11 +539,9 @@ class Trainer:
         if "test" in results:
             probs, labels = predictions["test"]
             report = metrics.classification_report(labels, probs.argmax(1), self.labels)
-            (self.run_dir / "report.txt").write_text(
-                f"test actors {list(self.split.test)} ({len(labels)} clips)\n\n{report}"
-            )
+            (self.run_dir / "report.txt").write_text(f"test {self.who(self.split.test)} ({len(labels)} clips)\n\n{report}")
             plot_confusion(np.array(results["test"]["confusion"]), self.labels, self.run_dir / "confusion.png",
-                           title=f"test actors {list(self.split.test)}")
+                           title=f"test {self.who(self.split.test)}")
         plot_curves(state["history"], self.run_dir / "curves.png")
         return out
 
