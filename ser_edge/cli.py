@@ -190,12 +190,14 @@ def _train_modules():
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(file_okay=False, exists=True), help="Distil from this run folder (with --folds: this cross-validation's fold_k for fold k), trained on the same split; repeatable.")
 @click.option("--distill", type=click.FloatRange(0, 1), help="Weight of the loss that matches the teachers' mean probabilities (needs --teacher)  [default: the recipe's, 0]")
 @click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), help="Softmax temperature of distillation  [default: the recipe's, 2]")
+@click.option("--init-from", "init_from", help="Fine-tune: start from this exported model's weights ('default': the shipped model); the classifier too when its labels are the data's.")
+@click.option("--init-member", type=click.IntRange(min=0), default=0, show_default=True, help="With --init-from: which member of an ensemble file.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True, help="Feature cache folder.")
 @click.option("--strict", is_flag=True, help="Fail on any file that is not a readable RAVDESS speech clip.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_seed, device, actors, recipe, only_fold, threads, augment,
           mixup, speaker_adversarial, intensity_aux, mixstyle, ema_decay, reverb, bandlimit, speed, pitch, teachers, distill,
-          distill_temperature, cache_dir, strict, quiet) -> None:
+          distill_temperature, init_from, init_member, cache_dir, strict, quiet) -> None:
     """Train a ParallelModel with a speaker-wise split, on a RAVDESS folder (DATA_DIR) or on your
     own clips (DATA_DIR: a CSV manifest with the columns path,label,speaker)."""
     pipeline = _train_modules()
@@ -243,12 +245,16 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         train_config = dataclasses.replace(train_config, distill_weight=DEFAULT_DISTILL_WEIGHT)
     if train_config.distill_weight > 0 and not teachers:
         raise _fail("--distill needs the teachers' run folders (--teacher)", EXIT_USAGE)
+    if init_member and not init_from:
+        raise _fail("--init-member needs --init-from", EXIT_USAGE)
     if prepared.speakers and train_config.intensity_aux > 0:
         raise _fail("the intensity head needs RAVDESS intensities, which a manifest does not give", EXIT_USAGE)
     kwargs = dict(
         feature_config=feature_config,
         train_config=train_config,
         teachers=teachers,
+        init_from=init_from,
+        init_member=init_member,
         model_config=chosen.model_config(mixstyle_prob=mixstyle),
         augment=chosen.augment_config(mixup_alpha=mixup, reverb_prob=reverb, bandlimit_prob=bandlimit, speed_prob=speed,
                                      pitch_prob=pitch)

@@ -104,6 +104,19 @@ def test_train_export_classify_on_a_manifest(tmp_path):
     assert scored.exit_code == 0, scored.output
     assert f"{manifest}: speakers {list(SPEAKERS)} (30 clips)" in scored.output
 
+    assert "trained from scratch on the clips of a CSV manifest, not on RAVDESS" in clf.metadata["license"]
+
+    # Fine-tuning: a second run starts from the exported model (same labels: classifier too).
+    tuned_dir = tmp_path / "tuned"
+    tuned = runner.invoke(main, ["train", str(manifest), "--out", str(tuned_dir), "--epochs", "1", "--cache", str(cache),
+                                 "--quiet", "--threads", "1", "--init-from", str(model)])
+    assert tuned.exit_code == 0, tuned.output
+    started = json.loads((tuned_dir / "config.json").read_text())["init_from"]
+    assert started["model"] == str(model.resolve()) and started["member"] == 0 and started["labels"] == ["high", "low", "mid"]
+    wrong_member = runner.invoke(main, ["train", str(manifest), "--out", str(tmp_path / "w"), "--epochs", "1",
+                                        "--cache", str(cache), "--init-from", str(model), "--init-member", "3"])
+    assert wrong_member.exit_code == 1 and f"error: {model.resolve()}: has 1 member(s)" in wrong_member.output
+
     intensity = runner.invoke(main, ["train", str(manifest), "--out", str(tmp_path / "x"), "--intensity-aux", "0.5",
                                      "--cache", str(cache)])
     assert intensity.exit_code == 2 and "intensity head needs RAVDESS" in intensity.output

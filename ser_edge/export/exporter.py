@@ -395,6 +395,23 @@ def member_summary(run_dir: Path, config: Mapping[str, Any] | None = None) -> di
     return out
 
 
+RAVDESS_LICENSE = "CC BY-NC-SA 4.0 (trained on RAVDESS)"
+
+
+def weights_license(run_config: Mapping[str, Any]) -> str:
+    """The license a run's weights carry: RAVDESS's when RAVDESS trained them or they were
+    fine-tuned from a model that carries it; otherwise the training data's, which only
+    its owner knows."""
+    from ser_edge.train.data import is_manifest
+
+    started = run_config.get("init_from") or {}
+    if not is_manifest(run_config.get("data_root", "")):
+        return RAVDESS_LICENSE
+    if started.get("license"):
+        return f"{started['license']}; fine-tuned on the clips of a CSV manifest"
+    return "that of the training data: trained from scratch on the clips of a CSV manifest, not on RAVDESS"
+
+
 def export_run(
     run_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     out_path: str | os.PathLike,
@@ -450,10 +467,11 @@ def export_run(
         "ece": ece,
         "recipe": {k: run_config[k] for k in ("train", "model", "augment")},
         "weights": weights,
+        **({"init_from": run_config["init_from"]} if run_config.get("init_from") else {}),
     }
     props = metadata_props(
         labels, feature_config, model_name=model_name, model_version=model_version or __version__,
-        extra={"provenance": provenance, "license": "CC BY-NC-SA 4.0 (trained on RAVDESS)"},
+        extra={"provenance": provenance, "license": weights_license(run_config)},
     )
     export_onnx(wrapper, out_path, feature_config, props)
     int8 = None

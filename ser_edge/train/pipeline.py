@@ -193,10 +193,13 @@ def train_split(
     model_config: ModelConfig,
     augment: AugmentConfig,
     teachers: Sequence[str | os.PathLike] = (),
+    init_from: str | os.PathLike | None = None,
+    init_member: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     return make_trainer(prepared, split, run_dir, feature_config=feature_config, train_config=train_config,
-                        model_config=model_config, augment=augment, teachers=teachers, progress=progress).run()
+                        model_config=model_config, augment=augment, teachers=teachers, init_from=init_from,
+                        init_member=init_member, progress=progress).run()
 
 
 def make_trainer(prepared: Prepared, split: Split, run_dir: str | os.PathLike, **kwargs) -> Trainer:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ser_edge.edge_runtime.errors import SerEdgeError
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig, ParallelModel
-from ser_edge.train import metrics
+from ser_edge.train import metrics, warm_start
 from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, tempo_perturb, waveform_log_mel
 from ser_edge.train.data import LABELS, DatasetError, FeatureSet, Split, front_end_fingerprint
 from ser_edge.train.distill import Teachers, distillation_loss, load_teachers, teacher_provenance
@@ -71,6 +71,7 @@ RESUMABLE_CHANGES = frozenset({
     "code_version", "resumed_with_code_versions", "torch_version", "data_root",
     "train.epochs", "train.early_stop_patience", "train.threads", "train.device",
     "teachers.runs",  # where the teachers lie; their weights' digests must match
+    "init_from.model",  # where the model a fine-tuning run started from lies; its digest must match
 })
 
 
@@ -278,6 +279,8 @@ class Trainer:
         labels: Sequence[str] = LABELS,
         speakers: Mapping[int, str] | None = None,
         teachers: Sequence[str | os.PathLike] = (),
+        init_from: str | os.PathLike | None = None,
+        init_member: int = 0,
         progress: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -294,6 +297,8 @@ class Trainer:
         if model_config.n_classes != len(self.labels):
             raise ValueError(f"the model has {model_config.n_classes} outputs for {len(self.labels)} labels")
         self.progress = progress
+        # Fine-tuning (train/warm_start.py): the exported model whose member seeds the weights.
+        self.init_source = warm_start.describe(init_from, init_member) if init_from is not None else None
         self.teacher_dirs = [Path(t) for t in teachers]
         if bool(self.teacher_dirs) != (train_config.distill_weight > 0):
             raise ValueError("distillation needs both teacher runs and a distill weight above 0 "
@@ -348,6 +353,7 @@ class Trainer:
             "code_version": code_version(),
             "torch_version": torch.__version__,
             **({"teachers": teacher_provenance(self.teacher_dirs)} if self.teacher_dirs else {}),
+            **({"init_from": self.init_source} if self.init_source else {}),
         }
 
     def _train_clip_windows(self) -> list[np.ndarray]:
@@ -496,6 +502,10 @@ class Trainer:
     def _learner(self) -> "_Learner":
         """A fresh model, its training-only heads, optimiser, schedule, weight average and RNGs."""
         model = build_model(self.mc, self.fc, self.tc.device)
+        if self.init_source is not None:
+            kept = warm_start.initialise(model, self.init_source, self.labels, self.fc)
+            log.info("started from %s member %d (classifier %s)", self.init_source["model"], self.init_source["member"],
+                     "copied" if kept else "new: other labels")
         heads = self._training_heads(model.classifier.in_features)
         params = list(model.parameters()) + [p for head in heads.values() for p in head.parameters()]
         optimizer = torch.optim.AdamW(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay)

@@ -1,0 +1,124 @@
+"""The members of a ser-edge ONNX file as PyTorch modules, rebuilt from the weights inside it.
+
+For a model whose training runs are gone: re-exporting it with a newer exporter
+(``tools/reexport_onnx.py``) or fine-tuning from it (``ser-edge train --init-from``). The
+members' ``ModelConfig`` comes from the file's provenance (``recipe.model``), their weights
+from its initializers: the ones the exporter kept under their parameter names (a lean
+graph's renamed back, ``LEAN_NAMES``), and the projection weights of each transformer layer
+that it stores transposed and unnamed (``PROJECTIONS``, in that order, member by member and
+layer by layer). Files of either form, from before ``export/lean.py`` or after, are read.
+Callers check what they rebuilt against the file's own probabilities where it matters.
+Training side: needs torch and onnx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ser_edge.export.exporter import ExportError
+
+FLOAT16_SUFFIX = "__float16"  # exporter.store_float16's initializer names
+MEMBERS_PREFIX = "models."
+# Per transformer layer, in the order the exporter writes them: those of these that the file
+# does not hold under their own names are stored transposed and unnamed (in_proj, linear1 and
+# linear2 in graphs from before export/lean.py; out_proj as well in lean ones).
+PROJECTIONS = ("self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear2.weight")
+# Parameter names in a lean graph (export/lean.py's modules) -> nn.TransformerEncoderLayer's.
+LEAN_NAMES = {
+    "in_proj.weight": "self_attn.in_proj_weight",
+    "in_proj.bias": "self_attn.in_proj_bias",
+    "out_proj.weight": "self_attn.out_proj.weight",
+    "out_proj.bias": "self_attn.out_proj.bias",
+}
+
+
+class OnnxWeightsError(ExportError):
+    """The file's weights cannot be mapped back onto the recipe's modules."""
+
+
+def _torch_name(name: str) -> str:
+    """An initializer's parameter name as in ``ParallelModel`` (lean layers renamed back)."""
+    layer, sep, rest = name.rpartition(".transformer.layers.")
+    if sep:
+        index, _, param = rest.partition(".")
+        return f"{layer}{sep}{index}.{LEAN_NAMES.get(param, param)}"
+    return name
+
+
+def _initializers(model) -> tuple[dict[str, np.ndarray], list[tuple[str, np.ndarray]]]:
+    """Named member/scaler tensors (float16 ones as float32), and the unnamed 2-D float ones in file order."""
+    from onnx import numpy_helper
+
+    named, unnamed = {}, []
+    for init in model.graph.initializer:
+        values = numpy_helper.to_array(init)
+        name = _torch_name(init.name.removesuffix(FLOAT16_SUFFIX))
+        if values.dtype == np.float16:
+            values = values.astype(np.float32)
+        if name.startswith(MEMBERS_PREFIX) or name in ("mean", "inv_scale", "inv_temperature"):
+            named[name] = values
+        elif values.dtype == np.float32 and values.ndim == 2:
+            unnamed.append((init.name, values))
+    return named, unnamed
+
+
+def rebuild_wrapper(model):
+    """The ``ExportWrapper`` whose export ``model`` is (see the module docstring)."""
+    import torch
+
+    from ser_edge.edge_runtime.features import FeatureConfig
+    from ser_edge.export.exporter import ExportWrapper
+    from ser_edge.models.parallel import ModelConfig
+    from ser_edge.train.trainer import build_model
+
+    props = {p.key: p.value for p in model.metadata_props}
+    provenance = json.loads(props.get("provenance", "{}"))
+    if "model" not in provenance.get("recipe", {}):
+        raise OnnxWeightsError("the file's provenance has no recipe.model: not written by ser-edge's exporter")
+    feature_config = FeatureConfig.from_json(props["feature_config"])
+    config = ModelConfig.from_dict(provenance["recipe"]["model"])
+    named, unnamed = _initializers(model)
+    n_members = 1 + max(int(k.split(".")[1]) for k in named if k.startswith(MEMBERS_PREFIX))
+    members = [build_model(config, feature_config, "cpu").eval() for _ in range(n_members)]
+    wrapper = ExportWrapper(members, np.zeros(named["mean"].shape[2:], np.float32), np.ones(named["mean"].shape[2:], np.float32))
+    state = wrapper.state_dict()
+    missing = [key for m in range(n_members) for layer in range(config.n_layers) for name in PROJECTIONS
+               if (key := f"models.{m}.transformer.layers.{layer}.{name}") not in named]
+    if len(unnamed) != len(missing):
+        raise OnnxWeightsError(f"expected {len(missing)} unnamed projection weights, found {len(unnamed)}")
+    filled = dict(named)
+    for key, (init_name, values) in zip(missing, unnamed):
+        if values.T.shape != tuple(state[key].shape):
+            raise OnnxWeightsError(f"{init_name} {values.shape} does not fit {key} {tuple(state[key].shape)} transposed")
+        filled[key] = values.T
+    absent = sorted(k for k in state if k not in filled and not k.endswith("num_batches_tracked"))
+    if absent:
+        raise OnnxWeightsError(f"no weights in the file for {absent[:3]} ({len(absent)} in all)")
+    with torch.no_grad():
+        for key, values in filled.items():
+            if key not in state:
+                raise OnnxWeightsError(f"the file holds {key}, which the recipe's model does not have")
+            state[key].copy_(torch.from_numpy(np.array(values, dtype=np.float32)).reshape(state[key].shape))
+    return wrapper, feature_config, props
+
+
+
+def read_onnx_members(path: str | os.PathLike):
+    """``(wrapper, feature_config, metadata)`` of the ser-edge ONNX file at ``path``
+    (:func:`rebuild_wrapper`); errors name the file."""
+    import onnx
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise OnnxWeightsError("no such model file", path=path)
+    try:
+        model = onnx.load(path)
+    except Exception as exc:  # onnx raises DecodeError and others for files that are not models
+        raise OnnxWeightsError(f"not an ONNX model ({type(exc).__name__})", path=path) from exc
+    try:
+        return rebuild_wrapper(model)
+    except OnnxWeightsError as exc:
+        raise OnnxWeightsError(exc.problem, path=path) from None

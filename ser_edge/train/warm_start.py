@@ -1,0 +1,89 @@
+"""Fine-tuning: start a run from the weights of an exported model instead of random ones.
+
+``ser-edge train DATA --init-from MODEL.onnx`` (``default``: the shipped model) copies one
+member of the file (``--init-member``, default 0) into the new model before the first
+epoch: every weight, and the classifier too when the file's labels are the run's own (else
+the classifier starts fresh). The file must have the run's features and the recipe's
+architecture; its members are rebuilt from its own weights (``export/onnx_weights.py``). The
+scaler is fitted on the run's training speakers as usual. The run's ``config.json`` records
+the file's digest, member, labels and license: weights fine-tuned from a RAVDESS-trained
+model are derived from it and carry its license.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ser_edge.edge_runtime.features import FeatureConfig
+from ser_edge.export.exporter import ExportError
+
+DIGEST_HEX_CHARS = 16
+DEFAULT_MODEL = "default"  # --init-from default: the model shipped in the package
+
+
+class WarmStartError(ExportError):
+    """The model to start from cannot seed this run (features, architecture, member)."""
+
+
+def resolve(model: str | os.PathLike) -> Path:
+    """``model`` as a path; ``"default"`` is the shipped model."""
+    if os.fspath(model) == DEFAULT_MODEL:
+        from ser_edge.edge_runtime.session import default_model_path
+
+        return Path(default_model_path())
+    return Path(model)
+
+
+def describe(model: str | os.PathLike, member: int) -> dict[str, Any]:
+    """What a run started from ``model`` records in its config (read from the file's metadata)."""
+    import onnx
+
+    path = resolve(model)
+    if not path.is_file():
+        raise WarmStartError("no such model file", path=str(path))
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as exc:  # onnx raises DecodeError and others for files that are not models
+        raise WarmStartError(f"not an ONNX model ({type(exc).__name__})", path=str(path)) from exc
+    if "labels" not in props:
+        raise WarmStartError("not a ser-edge model (no labels in its metadata)", path=str(path))
+    return {
+        "model": str(path.resolve()),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:DIGEST_HEX_CHARS],
+        "member": member,
+        "labels": json.loads(props["labels"]),
+        "model_version": props.get("model_version", ""),
+        "license": props.get("license", ""),
+    }
+
+
+def initialise(model: torch.nn.Module, source: dict[str, Any], labels: Sequence[str], feature_config: FeatureConfig) -> bool:
+    """Copy ``source``'s member (:func:`describe`) into ``model``; whether the classifier came too."""
+    from ser_edge.export.onnx_weights import read_onnx_members
+
+    path = source["model"]
+    wrapper, file_features, _ = read_onnx_members(path)
+    if file_features != feature_config:
+        raise WarmStartError("its feature settings differ from this run's; fine-tuning needs the same features", path=path)
+    members = list(wrapper.models)
+    if not 0 <= source["member"] < len(members):
+        raise WarmStartError(f"has {len(members)} member(s); --init-member {source['member']} is not one", path=path)
+    weights = members[source["member"]].state_dict()
+    target = model.state_dict()
+    copy_classifier = list(source["labels"]) == list(labels)
+    wanted = [k for k in target if copy_classifier or not k.startswith("classifier.")]
+    misfit = [k for k in wanted if k not in weights or weights[k].shape != target[k].shape]
+    if misfit:
+        raise WarmStartError(f"its model is not this recipe's architecture ({misfit[0]} "
+                             f"{tuple(weights[misfit[0]].shape) if misfit[0] in weights else 'missing'} "
+                             f"against {tuple(target[misfit[0]].shape)})", path=path)
+    with torch.no_grad():
+        for key in wanted:
+            target[key].copy_(weights[key])
+    return copy_classifier

@@ -1,0 +1,63 @@
+"""Fine-tuning from an exported model: its member's weights seed the new model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ser_edge.edge_runtime.features import FeatureConfig
+from ser_edge.export.onnx_weights import read_onnx_members
+from ser_edge.train import warm_start
+from ser_edge.train.pipeline import RECIPES, SHIPPED_RECIPE
+from ser_edge.train.trainer import build_model
+
+from conftest import LABELS, SMALL_FEATURES
+
+
+def shipped_architecture(n_classes: int):
+    return dataclasses.replace(RECIPES[SHIPPED_RECIPE].model, n_classes=n_classes)
+
+
+def test_start_from_the_shipped_model_with_other_labels():
+    source = warm_start.describe("default", 1)
+    assert source["labels"] == LABELS and source["member"] == 1 and len(source["sha256"]) == 16
+    assert source["license"].startswith("CC BY-NC-SA 4.0")
+    torch.manual_seed(0)
+    model = build_model(shipped_architecture(3), FeatureConfig(), "cpu")
+    fresh_classifier = model.classifier.weight.detach().clone()
+    assert warm_start.initialise(model, source, ("a", "b", "c"), FeatureConfig()) is False
+    member = read_onnx_members(source["model"])[0].models[1].state_dict()
+    state = model.state_dict()
+    for key, value in state.items():
+        if key.startswith("classifier."):
+            continue
+        torch.testing.assert_close(value, member[key], rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(model.classifier.weight, fresh_classifier, rtol=0, atol=0)  # other labels: a new head
+
+
+def test_same_labels_copy_the_classifier_too():
+    source = warm_start.describe("default", 0)
+    model = build_model(shipped_architecture(len(LABELS)), FeatureConfig(), "cpu")
+    assert warm_start.initialise(model, source, LABELS, FeatureConfig()) is True
+    member = read_onnx_members(source["model"])[0].models[0]
+    torch.testing.assert_close(model.classifier.weight, member.classifier.weight, rtol=0, atol=0)
+
+
+def test_what_cannot_seed_a_run_is_refused_in_one_line(tmp_path):
+    with pytest.raises(warm_start.WarmStartError, match="no such model file"):
+        warm_start.describe(tmp_path / "none.onnx", 0)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(warm_start.WarmStartError, match="not an ONNX model"):
+        warm_start.describe(tmp_path / "junk.onnx", 0)
+    source = warm_start.describe("default", 2)
+    model = build_model(shipped_architecture(len(LABELS)), FeatureConfig(), "cpu")
+    with pytest.raises(warm_start.WarmStartError, match="has 2 member"):
+        warm_start.initialise(model, source, LABELS, FeatureConfig())
+    source = warm_start.describe("default", 0)
+    with pytest.raises(warm_start.WarmStartError, match="feature settings differ"):
+        warm_start.initialise(model, source, LABELS, SMALL_FEATURES)
+    wider = build_model(dataclasses.replace(shipped_architecture(len(LABELS)), ff_dim=1024), FeatureConfig(), "cpu")
+    with pytest.raises(warm_start.WarmStartError, match="not this recipe's architecture"):
+        warm_start.initialise(wider, source, LABELS, FeatureConfig())
