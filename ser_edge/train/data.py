@@ -184,6 +184,12 @@ def scan_manifest(manifest: str | os.PathLike) -> ScanResult:
     """Your own clips: a CSV manifest with the columns ``path,label,speaker`` (paths relative
     to the CSV). Labels are the manifest's, sorted; speakers are numbered 1, 2, ... sorted."""
     rows = read_manifest_rows(manifest, need_speaker=True)
+    first_line: dict[str, int] = {}
+    for row in rows:  # a clip listed twice could sit in two splits, or carry two labels
+        key = _resolved(row.path)
+        if key in first_line:
+            raise DatasetError(f"lists {row.path} again (first on line {first_line[key]})", path=f"{manifest} line {row.line}")
+        first_line[key] = row.line
     labels = tuple(sorted({r.label for r in rows}))
     if len(labels) < 2:
         raise DatasetError(f"a classifier needs at least 2 labels; the manifest has {list(labels)}", path=str(manifest))
