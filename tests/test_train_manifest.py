@@ -105,7 +105,7 @@ def test_train_export_classify_on_a_manifest(tmp_path):
     assert scored.exit_code == 0, scored.output
     assert f"{manifest}: speakers {list(SPEAKERS)} (30 clips)" in scored.output
 
-    assert "trained from scratch on the clips of a CSV manifest, not on RAVDESS" in clf.metadata["license"]
+    assert clf.metadata["license"] == "the training data's terms (trained from scratch on the clips of a CSV manifest)"
 
     # Fine-tuning: a second run starts from the exported model (same labels: classifier too).
     tuned_dir = tmp_path / "tuned"
@@ -114,6 +114,7 @@ def test_train_export_classify_on_a_manifest(tmp_path):
     assert tuned.exit_code == 0, tuned.output
     started = json.loads((tuned_dir / "config.json").read_text())["init_from"]
     assert started["model"] == str(model.resolve()) and started["member"] == 0 and started["labels"] == ["high", "low", "mid"]
+    assert started["license"] == clf.metadata["license"]
     wrong_member = runner.invoke(main, ["train", str(manifest), "--out", str(tmp_path / "w"), "--epochs", "1",
                                         "--cache", str(cache), "--init-from", str(model), "--init-member", "3"])
     assert wrong_member.exit_code == 1 and f"error: {model.resolve()}: has 1 member(s)" in wrong_member.output

@@ -61,3 +61,13 @@ def test_what_cannot_seed_a_run_is_refused_in_one_line(tmp_path):
     wider = build_model(dataclasses.replace(shipped_architecture(len(LABELS)), ff_dim=1024), FeatureConfig(), "cpu")
     with pytest.raises(warm_start.WarmStartError, match="not this recipe's architecture"):
         warm_start.initialise(wider, source, LABELS, FeatureConfig())
+
+
+def test_an_export_says_which_license_its_weights_carry(tmp_path):
+    from ser_edge.export.exporter import RAVDESS_LICENSE, weights_license
+
+    folder, manifest = str(tmp_path), str(tmp_path / "clips.csv")
+    assert weights_license({"data_root": folder}) == RAVDESS_LICENSE
+    assert weights_license({"data_root": manifest}) == "the training data's terms (trained from scratch on the clips of a CSV manifest)"
+    tuned = weights_license({"data_root": manifest, "init_from": warm_start.describe("default", 0)})
+    assert tuned.startswith("CC BY-NC-SA 4.0") and tuned.endswith("fine-tuned on the clips of a CSV manifest, whose terms apply too")

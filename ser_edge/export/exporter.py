@@ -408,8 +408,8 @@ def weights_license(run_config: Mapping[str, Any]) -> str:
     if not is_manifest(run_config.get("data_root", "")):
         return RAVDESS_LICENSE
     if started.get("license"):
-        return f"{started['license']}; fine-tuned on the clips of a CSV manifest"
-    return "that of the training data: trained from scratch on the clips of a CSV manifest, not on RAVDESS"
+        return f"{started['license']}; fine-tuned on the clips of a CSV manifest, whose terms apply too"
+    return "the training data's terms (trained from scratch on the clips of a CSV manifest)"
 
 
 def export_run(
