@@ -191,6 +191,8 @@ def test_evaluate_manifest_scores_your_own_clips(tiny_model, wav, tmp_path):
     assert result.stdout.startswith(f"{csv_path}: speakers ['ann', 'bob'] (4 clips)")
     summary = json.loads(out.read_text())
     assert summary["accuracy"] == 0.75 and summary["speakers"] == ["ann", "bob"] and summary["manifest"] == str(csv_path)
+    assert summary["per_speaker"] == {"ann": {"clips": 2, "accuracy": 1.0}, "bob": {"clips": 2, "accuracy": 0.5}}
+    assert result.stdout.rstrip().endswith("speaker  ann              1.000  (2 clips)\n         bob              0.500  (2 clips)")
 
 
 def test_evaluate_manifest_errors(tiny_model, wav, tmp_path):

@@ -36,6 +36,7 @@ class Evaluation:
     # the speakers it names (``actors`` is then empty).
     manifest: str | None = None
     speakers: list[str] = dataclasses.field(default_factory=list)
+    clip_speakers: list[str] | None = None  # a manifest's speaker of each evaluated clip ("" if none)
 
     def only(self, actors: Iterable[int]) -> "Evaluation":
         """The same evaluation restricted to the clips of ``actors``."""
@@ -57,9 +58,20 @@ class Evaluation:
         out["actors"] = self.actors
         if self.manifest is not None:
             out["manifest"], out["speakers"] = self.manifest, self.speakers
+            if self.speakers:
+                out["per_speaker"] = self.per_speaker()
         if self.not_held_out:
             out["not_held_out"] = self.not_held_out
         return out
+
+    def per_speaker(self) -> dict[str, dict[str, float]]:
+        """Clips and accuracy of each named speaker of a manifest: how much the score depends on who speaks."""
+        if self.clip_speakers is None:
+            return {}
+        speakers = np.array(self.clip_speakers)
+        correct = self.probabilities.argmax(1) == self.y_true
+        return {name: {"clips": int((speakers == name).sum()), "accuracy": float(correct[speakers == name].mean())}
+                for name in self.speakers}
 
     def report(self) -> str:
         if self.manifest is not None:
@@ -70,7 +82,12 @@ class Evaluation:
         seen = ", ".join(SPLIT_ROLES[part].format(actors) for part, actors in self.not_held_out.items())
         if seen:
             head += f"NOT HELD OUT: the model was {seen}; not a speaker-independent score\n"
-        return head + "\n" + metrics.classification_report(self.y_true, self.probabilities.argmax(1), self.labels)
+        text = head + "\n" + metrics.classification_report(self.y_true, self.probabilities.argmax(1), self.labels)
+        per_speaker = self.per_speaker() if self.manifest is not None else {}
+        if per_speaker:
+            text += "\n" + "\n".join(f"{'speaker' if i == 0 else '':<8} {name:<16} {row['accuracy']:.3f}  ({row['clips']} clips)"
+                                      for i, (name, row) in enumerate(per_speaker.items())) + "\n"
+        return text
 
 
 SPLIT_ROLES = {"train": "trained on actors {}", "val": "validated (checkpoint chosen) on actors {}"}
@@ -177,7 +194,7 @@ def evaluate_manifest(model_path: str | os.PathLike | None, manifest: str | os.P
     classifier = EmotionClassifier(model_path, threads=threads)
     rows = read_manifest(manifest, classifier.labels)
     label_index = {label: i for i, label in enumerate(classifier.labels)}
-    y, probs, skipped, speakers = [], [], [], set()
+    y, probs, skipped, clip_speakers = [], [], [], []
     for row in rows:
         try:
             prediction = classifier.predict_file(row.path)
@@ -186,12 +203,12 @@ def evaluate_manifest(model_path: str | os.PathLike | None, manifest: str | os.P
             continue
         y.append(label_index[row.label])
         probs.append([prediction.probabilities[label] for label in classifier.labels])
-        speakers.add(row.speaker)
+        clip_speakers.append(row.speaker)
     if not y:
         raise DatasetError(f"no clip of the {len(rows)} listed could be classified (first: {skipped[0]})",
                            path=str(manifest))
     return Evaluation([], classifier.labels, np.array(y), np.array(probs), skipped,
-                      manifest=str(manifest), speakers=sorted(speakers - {""}))
+                      manifest=str(manifest), speakers=sorted(set(clip_speakers) - {""}), clip_speakers=clip_speakers)
 
 
 def _exported_split(metadata: Mapping[str, str]) -> dict[str, list[int]] | None:
