@@ -45,6 +45,19 @@ def test_scan_manifest_numbers_speakers_and_sorts_labels(tmp_path):
     assert first.label == "low" and first.label_index == 1 and Path(first.path) == tmp_path / "audio/zed/low0.wav"
 
 
+def test_a_spreadsheet_manifest_with_a_byte_order_mark_reads(tmp_path):
+    manifest = write_manifest(tmp_path, clips_per_label=1)
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes().replace(b"\n", b"\r\n"))
+    assert [c.path for c in scan_dataset(bom).clips] == [c.path for c in scan_dataset(manifest).clips]
+
+
+def test_a_data_file_that_is_not_a_csv_is_named(tmp_path):
+    (tmp_path / "clips.txt").write_text("path,label,speaker\n")
+    with pytest.raises(DatasetError, match=r"clips\.txt: is a file: give a RAVDESS data folder, or a CSV manifest"):
+        scan_dataset(tmp_path / "clips.txt")
+
+
 def test_manifest_data_hash_follows_labels_not_spelling(tmp_path):
     manifest = write_manifest(tmp_path, clips_per_label=1)
     digest = data_hash(scan_dataset(manifest).clips, manifest)

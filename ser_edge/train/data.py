@@ -112,7 +112,7 @@ def read_manifest_rows(manifest: str | os.PathLike, *, need_speaker: bool = Fals
     manifest = Path(manifest)
     required = (*MANIFEST_COLUMNS, "speaker") if need_speaker else MANIFEST_COLUMNS
     try:
-        with open(manifest, newline="", encoding="utf-8") as handle:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
             reader = csv.DictReader(handle)
             missing = [c for c in required if c not in (reader.fieldnames or ())]
             if missing:
@@ -130,6 +130,8 @@ def read_manifest_rows(manifest: str | os.PathLike, *, need_speaker: bool = Fals
                 rows.append(ManifestRow(str(resolved), label, speaker, reader.line_num))
     except FileNotFoundError:
         raise DatasetError("no such manifest", path=str(manifest)) from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read the manifest ({exc.strerror or exc})", path=str(manifest)) from None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"not a readable CSV manifest ({exc})", path=str(manifest)) from None
     if not rows:
@@ -206,6 +208,8 @@ def scan_dataset(root: str | os.PathLike, *, strict: bool = False) -> ScanResult
     if is_manifest(root):
         return scan_manifest(root)
     root = Path(root)
+    if root.is_file():
+        raise DatasetError("is a file: give a RAVDESS data folder, or a CSV manifest named *.csv", path=str(root))
     if not root.is_dir():
         raise DatasetError("data folder does not exist or is not a directory", path=str(root))
     clips, skipped = [], []
