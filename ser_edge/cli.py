@@ -277,7 +277,10 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         for name, stat in out["summary"].items():
             click.echo(f"{name}: {stat['mean']:.3f} ± {stat['std']:.3f} over {folds} actor-wise folds")
         return
-    split = split_actors(present, seed=split_seed)
+    try:
+        split = split_actors(present, seed=split_seed)
+    except SerEdgeError as exc:
+        raise _fail(f"{data_dir}: {exc}") from None
     click.echo(f"actors: train {list(split.train)}, val {list(split.val)}, test {list(split.test)}")
     if prepared.speakers:
         named = {part: [prepared.speakers[a] for a in getattr(split, part)] for part in ("train", "val", "test")}

@@ -135,3 +135,10 @@ def test_train_export_classify_on_a_manifest(tmp_path):
     intensity = runner.invoke(main, ["train", str(manifest), "--out", str(tmp_path / "x"), "--intensity-aux", "0.5",
                                      "--cache", str(cache)])
     assert intensity.exit_code == 2 and "intensity head needs RAVDESS" in intensity.output
+
+
+def test_too_few_speakers_is_one_line(tmp_path):
+    manifest = write_manifest(tmp_path, speakers=("ann", "bob"), clips_per_label=1)
+    result = CliRunner().invoke(main, ["train", str(manifest), "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "c")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"error: {manifest}: 2 actors (speakers) are too few for a train/val/test split; it needs 3" in result.output

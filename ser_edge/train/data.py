@@ -266,7 +266,7 @@ def split_actors(
     n_test = max(1, round(test_fraction * len(order)))
     n_val = max(1, round(val_fraction * len(order)))
     if n_test + n_val >= len(order):
-        raise DatasetError(f"{len(order)} actors are too few for a train/val/test split")
+        raise DatasetError(f"{len(order)} actors (speakers) are too few for a train/val/test split; it needs {n_test + n_val + 1}")
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return Split(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
 
