@@ -208,3 +208,19 @@ def test_evaluate_manifest_errors(tiny_model, wav, tmp_path):
     assert "accuracy                         1.000         1" in missing_clip.stdout
     assert run("evaluate", tmp_path, "--manifest", tmp_path / "clips.csv").exit_code == 2
     assert run("evaluate", "--manifest", tmp_path / "clips.csv", "--actors", "1").exit_code == 2
+
+
+def test_evaluate_manifest_of_ravdess_clips_says_when_the_model_heard_them(tmp_path, wav):
+    from conftest import band_model
+
+    split = {"train": [1, 2], "val": [3], "test": [4]}
+    model = band_model(tmp_path / "m.onnx", metadata={"provenance": json.dumps({"split_actors": split})})
+    for actor in (1, 4):
+        wav(300, 2.0, name=f"Actor_{actor:02d}/03-01-01-01-01-01-{actor:02d}.wav")
+    held_out = manifest(tmp_path, ["Actor_04/03-01-01-01-01-01-04.wav,neutral,a4"])
+    result = run("evaluate", "--manifest", held_out, "--model", model)
+    assert result.exit_code == 0 and "NOT HELD OUT" not in result.stdout
+    seen = manifest(tmp_path, ["Actor_04/03-01-01-01-01-01-04.wav,neutral,a4", "Actor_01/03-01-01-01-01-01-01.wav,neutral,a1"])
+    result = run("evaluate", "--manifest", seen, "--model", model)
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[1] == "NOT HELD OUT: the model was trained on actors [1]; not a speaker-independent score"

@@ -17,7 +17,7 @@ import numpy as np
 from ser_edge.edge_runtime.audio import DEFAULT_HOP_S
 from ser_edge.edge_runtime.errors import SerEdgeError
 from ser_edge.train import metrics
-from ser_edge.train.data import LABELS, Clip, DatasetError, ManifestRow, read_manifest_rows, scan_dataset
+from ser_edge.train.data import LABELS, Clip, DatasetError, ManifestRow, parse_name, read_manifest_rows, scan_dataset
 from ser_edge.train.robustness import Transform
 
 
@@ -208,7 +208,20 @@ def evaluate_manifest(model_path: str | os.PathLike | None, manifest: str | os.P
         raise DatasetError(f"no clip of the {len(rows)} listed could be classified (first: {skipped[0]})",
                            path=str(manifest))
     return Evaluation([], classifier.labels, np.array(y), np.array(probs), skipped,
+                      not_held_out=not_held_out(_exported_split(classifier.metadata), _ravdess_actors(rows)),
                       manifest=str(manifest), speakers=sorted(set(clip_speakers) - {""}), clip_speakers=clip_speakers)
+
+
+def _ravdess_actors(rows: Iterable[ManifestRow]) -> list[int]:
+    """The RAVDESS actors of the manifest's clips that carry RAVDESS names: a manifest of
+    RAVDESS clips is checked against the model's split like a RAVDESS folder."""
+    actors = set()
+    for row in rows:
+        try:
+            actors.add(parse_name(row.path).actor)
+        except DatasetError:
+            continue
+    return sorted(actors)
 
 
 def _exported_split(metadata: Mapping[str, str]) -> dict[str, list[int]] | None:
