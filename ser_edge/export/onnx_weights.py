@@ -105,20 +105,26 @@ def rebuild_wrapper(model):
     return wrapper, feature_config, props
 
 
+def load_model_file(path: str | os.PathLike, error: type[ExportError] | None = None):
+    """The ``onnx.ModelProto`` at ``path``; a missing file or one that is not a model raises
+    ``error`` (default :class:`OnnxWeightsError`) naming the file."""
+    import onnx
+
+    error = error or OnnxWeightsError
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise error("no such model file", path=path)
+    try:
+        return onnx.load(path)
+    except Exception as exc:  # onnx raises DecodeError and others for files that are not models
+        raise error(f"not an ONNX model ({type(exc).__name__})", path=path) from exc
+
 
 def read_onnx_members(path: str | os.PathLike):
     """``(wrapper, feature_config, metadata)`` of the ser-edge ONNX file at ``path``
     (:func:`rebuild_wrapper`); errors name the file."""
-    import onnx
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise OnnxWeightsError("no such model file", path=path)
-    try:
-        model = onnx.load(path)
-    except Exception as exc:  # onnx raises DecodeError and others for files that are not models
-        raise OnnxWeightsError(f"not an ONNX model ({type(exc).__name__})", path=path) from exc
+    model = load_model_file(path)
     try:
         return rebuild_wrapper(model)
     except OnnxWeightsError as exc:
-        raise OnnxWeightsError(exc.problem, path=path) from None
+        raise OnnxWeightsError(exc.problem, path=os.fspath(path)) from None

@@ -42,15 +42,10 @@ def resolve(model: str | os.PathLike) -> Path:
 
 def describe(model: str | os.PathLike, member: int) -> dict[str, Any]:
     """What a run started from ``model`` records in its config (read from the file's metadata)."""
-    import onnx
+    from ser_edge.export.onnx_weights import load_model_file
 
     path = resolve(model)
-    if not path.is_file():
-        raise WarmStartError("no such model file", path=str(path))
-    try:
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    except Exception as exc:  # onnx raises DecodeError and others for files that are not models
-        raise WarmStartError(f"not an ONNX model ({type(exc).__name__})", path=str(path)) from exc
+    props = {p.key: p.value for p in load_model_file(path, WarmStartError).metadata_props}
     if "labels" not in props:
         raise WarmStartError("not a ser-edge model (no labels in its metadata)", path=str(path))
     return {
