@@ -353,9 +353,7 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
             result = evaluate_run(run_dir, data, chosen, cache_dir=cache_dir)
     except SerEdgeError as exc:
         raise _fail(str(exc)) from None
-    for message in result.skipped:
-        click.echo(f"skipped: {message}", err=True)
-    click.echo(result.report(), nl=False)
+    _print_evaluation(result)
     summary = result.summary
     if snr:
         if not model_path:
@@ -363,6 +361,13 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
         summary["robustness"] = _robustness(model_path, data, chosen, threads, snr, bandwidth, plot_path)
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2))
+
+
+def _print_evaluation(result) -> None:
+    """An evaluation's skipped clips (stderr), then its report."""
+    for message in result.skipped:
+        click.echo(f"skipped: {message}", err=True)
+    click.echo(result.report(), nl=False)
 
 
 def _evaluate_manifest(run_dir, model_path, manifest_path, threads, json_out, ravdess_only: dict[str, str | None]) -> None:
@@ -377,9 +382,7 @@ def _evaluate_manifest(run_dir, model_path, manifest_path, threads, json_out, ra
         result = evaluate_manifest(model_path, manifest_path, threads=threads)
     except SerEdgeError as exc:
         raise _fail(str(exc), EXIT_USAGE if isinstance(exc, ModelError) else EXIT_INPUT_FAILED) from None
-    for message in result.skipped:
-        click.echo(f"skipped: {message}", err=True)
-    click.echo(result.report(), nl=False)
+    _print_evaluation(result)
     if json_out:
         Path(json_out).write_text(json.dumps(result.summary, indent=2))
     if result.skipped:
