@@ -9,7 +9,7 @@ import json
 import numpy as np
 import soundfile as sf
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ser_edge.cli import main
@@ -38,14 +38,18 @@ def wav_bytes(samples: np.ndarray, rate: int, subtype: str = "FLOAT") -> io.Byte
     channels=st.integers(1, 8),
     seed=st.integers(0, 2**16),
 )
+@example(rate=1000, seconds=0.125, channels=1, seed=0)  # under the minimum: found by CI
+@example(rate=1000, seconds=MIN_DURATION_S, channels=2, seed=0)  # exactly the minimum
 def test_any_rate_length_and_channels(rate, seconds, channels, seed):
     n = min(int(seconds * rate), MAX_SAMPLES)
     samples = np.random.default_rng(seed).uniform(-1, 1, (n, channels)).astype(np.float32)
+    too_short = n < MIN_DURATION_S * rate  # the only way valid noise can fail (n == 0 included)
     try:
         audio = load_audio(wav_bytes(samples, rate))
     except SerEdgeError:
-        assert n == 0  # the only way valid noise can fail: no samples
+        assert too_short, f"{n} samples at {rate} Hz were refused"
         return
+    assert not too_short, f"{n} samples at {rate} Hz ({n / rate:.3f} s) were accepted"
     resampled = to_model_rate(audio.samples, audio.sample_rate, CONFIG)
     assert abs(len(resampled) - n * CONFIG.sample_rate / rate) <= 1
     windows, starts = split_windows(resampled, CONFIG)
