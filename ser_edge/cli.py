@@ -203,7 +203,7 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
     pipeline = _train_modules()
     from ser_edge.edge_runtime.features import FeatureConfig
     from ser_edge.train.augment import AugmentConfig
-    from ser_edge.train.data import split_actors
+    from ser_edge.train.data import kfold_splits, split_actors
     from ser_edge.train.distill import DEFAULT_DISTILL_WEIGHT
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -263,9 +263,15 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
     )
     if only_fold is not None and not folds:
         raise _fail("--only-fold needs --folds", EXIT_USAGE)
+    if folds == 1:
+        raise _fail("--folds must be 0 (one split) or at least 2", EXIT_USAGE)
     if folds:
         if only_fold is not None and only_fold >= folds:
             raise _fail(f"--only-fold {only_fold} is not below --folds {folds}", EXIT_USAGE)
+        try:
+            kfold_splits(present, folds, seed=split_seed)
+        except SerEdgeError as exc:
+            raise _fail(f"{data_dir}: {exc}") from None
         try:
             out = pipeline.cross_validate(prepared, folds, out_dir, seed=split_seed, actors=present, only_fold=only_fold,
                                           **kwargs)

@@ -142,3 +142,14 @@ def test_too_few_speakers_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["train", str(manifest), "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "c")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"error: {manifest}: 2 actors (speakers) are too few for a train/val/test split; it needs 3" in result.output
+
+
+def test_too_few_speakers_for_the_folds_is_one_line(tmp_path):
+    manifest = write_manifest(tmp_path, speakers=("ann", "bob", "cy", "dee"), clips_per_label=1)
+    args = ["train", str(manifest), "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "c"), "--folds"]
+    result = CliRunner().invoke(main, [*args, "2"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"error: {manifest}: 4 actors (speakers) are too few for 2 folds" in result.output
+    assert not (tmp_path / "run").exists()
+    one = CliRunner().invoke(main, [*args, "1"])
+    assert one.exit_code == 2 and "--folds must be 0 (one split) or at least 2" in one.output

@@ -81,6 +81,18 @@ def test_kfold_each_actor_tested_once():
         assert sorted(a % 2 for a in s.test) == [0, 0, 1, 1]
 
 
+def test_kfold_refuses_folds_without_training_actors():
+    """5 actors, 2 folds: the first fold's 3 test + 2 validation actors leave none to train
+    on; 6 actors leave one in every fold."""
+    with pytest.raises(DatasetError, match="5 actors .speakers. are too few for 2 folds"):
+        kfold_splits([1, 2, 3, 4, 5], 2)
+    assert [len(s.train) for s in kfold_splits([1, 2, 3, 4, 5, 6], 2)] == [1, 1]
+    with pytest.raises(DatasetError, match="5 actors .speakers. are too few for 6 folds"):
+        kfold_splits([1, 2, 3, 4, 5], 6)
+    with pytest.raises(DatasetError, match="at least 2 folds, got 1"):
+        kfold_splits(ACTORS, 1)
+
+
 def test_scaler_fits_train_rows_only(tmp_path):
     rng = np.random.default_rng(0)
     features = rng.standard_normal((10, 4, 5)).astype(np.float32)

@@ -276,8 +276,14 @@ def kfold_splits(actors: Iterable[int], folds: int, *, n_val: int = 2, seed: int
     (gender-balanced, seeded) are held out of the remaining training actors."""
     rng = random.Random(seed)
     order = _gender_interleaved(actors, rng)
-    if folds < 2 or folds * 1 > len(order):
-        raise DatasetError(f"cannot make {folds} folds from {len(order)} actors")
+    if folds < 2:
+        raise DatasetError(f"cross-validation needs at least 2 folds, got {folds}")
+    largest_test = -(-len(order) // folds)  # ceil: the first folds take the remainder
+    if folds > len(order) or len(order) - largest_test - n_val < 1:
+        raise DatasetError(
+            f"{len(order)} actors (speakers) are too few for {folds} folds: each fold needs its test actors, "
+            f"{n_val} validation actors and at least one training actor"
+        )
     splits = []
     for k in range(folds):
         test = order[k::folds]
