@@ -118,6 +118,17 @@ def test_not_audio(tmp_path):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("name, data", [("notes.mp3", b"hello\n"), ("header.ogg", b"OggS" + bytes(100))])
+def test_not_audio_under_a_decoder_extension(tmp_path, name, data):
+    """libsndfile picks a decoder by extension; its "does not exist" / "unimplemented
+    format" for an existing non-audio file must not reach the user."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(NotAudioError, match="not a supported audio file") as info:
+        load_audio(path)
+    assert str(info.value) == f"{path}: not a supported audio file (WAV or FLAC)"
+
+
 def test_truncated_flac(tmp_path):
     path = tmp_path / "cut.flac"
     rng = np.random.default_rng(0)

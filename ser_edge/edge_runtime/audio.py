@@ -46,6 +46,16 @@ MAX_DURATION_S = 600.0  # default limit on clip length (10 min)
 MIN_DURATION_S = 0.2
 DEFAULT_HOP_S = 1.0  # hop between sliding windows on long clips
 AUDIO_EXTENSIONS = (".wav", ".flac")
+# libsndfile's ways of saying "this is no audio I can read". "does not exist" comes for
+# an existing file whose extension picked a decoder (x.mp3 holding text), so it is
+# checked only after the path was found to exist.
+_NOT_AUDIO_PHRASES = (
+    "format not recognised",
+    "unknown format",
+    "not a valid",
+    "unimplemented format",
+    "does not exist or is not a regular file",
+)
 
 # Kaiser window of the anti-aliasing filter. scipy's resample_poly default (beta 5.0)
 # leaves aliases at about -50 dB; beta 8.0 keeps them below -60 dB (tests/test_audio.py).
@@ -140,7 +150,7 @@ def load_audio(
             samples = handle.read(dtype="float32", always_2d=True)
     except sf.LibsndfileError as exc:
         text = str(exc).lower()
-        if "format not recognised" in text or "unknown format" in text or "not a valid" in text:
+        if any(phrase in text for phrase in _NOT_AUDIO_PHRASES):
             raise NotAudioError("not a supported audio file (WAV or FLAC)", path=name) from exc
         raise CorruptAudioError(f"cannot decode audio ({exc.error_string})", path=name) from exc
     except (sf.SoundFileError, RuntimeError, EOFError) as exc:
