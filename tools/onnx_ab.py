@@ -7,7 +7,9 @@ On a shared VM whose speed drifts by more than the difference looked for, two se
 benchmark runs cannot tell two graphs apart. Here the two sessions take turns on one
 random 3 s log-mel input (which one goes first alternates), so any drift hits both alike,
 and the paired differences are reported: each file's median and 10th percentile, the
-median of (B - A) over the pairs, and the share of pairs in which B was faster.
+median of (B - A) over the pairs, and the share of pairs in which B was faster. Both
+sessions get the runtime's own SessionOptions (``session.session_options``), so the A/B
+measures what ``EmotionClassifier`` runs.
 """
 
 from __future__ import annotations
@@ -29,10 +31,9 @@ def paired_times(a: Path, b: Path, pairs: int, threads: int) -> tuple[np.ndarray
     import onnxruntime as ort
 
     from ser_edge.edge_runtime.features import FeatureConfig
-    from ser_edge.edge_runtime.session import INPUT_NAME
+    from ser_edge.edge_runtime.session import INPUT_NAME, session_options
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options = session_options(threads)  # what EmotionClassifier runs with
     sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (a, b)]
     config = FeatureConfig()
     x = np.random.default_rng(INPUT_SEED).uniform(-config.top_db, 0, (1, 1, config.n_mels, config.n_frames))
