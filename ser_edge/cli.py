@@ -147,9 +147,49 @@ def info(model_path, as_json) -> None:
         click.echo(json.dumps({"path": classifier.path, **meta}, indent=2))
         return
     click.echo(f"model: {classifier.path}")
-    for key, value in meta.items():
-        text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-        click.echo(f"{key}: {text}")
+    for line in _describe_model(meta):
+        click.echo(line)
+    click.echo("everything the file carries: ser-edge info --json")
+
+
+def _describe_model(meta: dict) -> list[str]:
+    """A screen of what a person wants from a model's metadata (labels and feature config
+    are there: the classifier refuses a model without them); the rest stays in --json."""
+    features = meta["feature_config"]
+    made = ", ".join(f"{label} {meta[key]}" for key, label in (("export_date", "exported"), ("opset", "opset"))
+                     if key in meta)
+    lines = [
+        f"name: {meta.get('model_name', '?')} {meta.get('model_version', '')}".rstrip() + (f" ({made})" if made else ""),
+        f"labels: {', '.join(map(str, meta['labels']))}",
+        f"features: {features['sample_rate']} Hz, {features['clip_s']:g} s windows, {features['n_mels']} mel bands "
+        f"(n_fft {features['n_fft']}, hop {features['hop_length']})",
+    ]
+    lines += [f"{key}: {meta[key]}" for key in ("input", "output", "license") if key in meta]
+    if isinstance(meta.get("provenance"), dict):
+        lines += _describe_provenance(meta["provenance"])
+    return lines
+
+
+def _describe_provenance(provenance: dict) -> list[str]:
+    speakers = provenance.get("speakers") or {}  # a manifest's names of the actor numbers
+    kind = "speakers" if speakers else "actors"
+
+    def who(part: str) -> str:
+        return ", ".join(str(speakers.get(str(a), a)) for a in provenance["split_actors"][part])
+
+    lines = []
+    if "split_actors" in provenance:
+        lines.append(f"split: train {kind} {who('train')}; validation {kind} {who('val')}; test {kind} {who('test')}")
+    test = provenance.get("test_metrics")
+    if test and "split_actors" in provenance:
+        lines.append(f"test accuracy: {test['accuracy']:.3f} (macro-F1 {test['macro_f1']:.3f}, UAR {test['uar']:.3f}) "
+                     f"on {test['n']} clips of {kind} {who('test')}")
+    if provenance.get("members"):
+        seeds = ", ".join(str(m.get("seed", "?")) for m in provenance["members"])
+        lines.append(f"members: {len(provenance['members'])} (seeds {seeds})")
+    lines += [f"{label}: {provenance[key]}" for key, label in
+              (("code_version", "trained by"), ("data_hash", "data sha256"), ("weights", "weights")) if provenance.get(key)]
+    return lines
 
 
 # -- training side (imports torch on demand) ---------------------------------------------

@@ -128,6 +128,16 @@ def test_info(tiny_model):
     assert meta["labels"][0] == "neutral" and meta["feature_config"]["n_mels"] == 128
 
 
+def test_info_for_people_summarises_the_metadata(tiny_model):
+    result = run("info", "--model", tiny_model)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"model: {tiny_model}"
+    assert "labels: " + ", ".join(LABELS) in lines
+    assert "features: 48000 Hz, 3 s windows, 128 mel bands (n_fft 1024, hop 256)" in lines
+    assert lines[-1] == "everything the file carries: ser-edge info --json"
+
+
 def test_console_script_runs_without_traceback(tiny_model, tmp_path):
     result = subprocess.run([sys.executable, "-m", "ser_edge.cli", "classify", str(tmp_path / "x.wav"), "--model", str(tiny_model)],
                             capture_output=True, text=True)

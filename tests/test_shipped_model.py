@@ -30,6 +30,21 @@ def test_default_model_loads_with_its_contract():
     assert Path(default_model_path()).stat().st_size < 5_000_000
 
 
+def test_info_names_the_shipped_split_and_its_test_score():
+    from click.testing import CliRunner
+
+    from ser_edge.cli import main
+
+    result = CliRunner().invoke(main, ["info"])
+    assert result.exit_code == 0, result.output
+    provenance = json.loads(EmotionClassifier().metadata["provenance"])
+    test_actors = ", ".join(map(str, provenance["split_actors"]["test"]))
+    assert f"; test actors {test_actors}\n" in result.output
+    accuracy = provenance["test_metrics"]["accuracy"]
+    assert f"test accuracy: {accuracy:.3f} (" in result.output and f"clips of actors {test_actors}\n" in result.output
+    assert f"data sha256: {documented()['data_hash']}" in result.output
+
+
 def test_example_clip_gets_a_real_prediction():
     pred = EmotionClassifier().predict_file(REPO / "examples" / "hello.wav")
     assert pred.label in LABELS and 1 / len(LABELS) < pred.confidence <= 1

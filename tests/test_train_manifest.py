@@ -119,6 +119,13 @@ def test_train_export_classify_on_a_manifest(tmp_path):
     assert f"{manifest}: speakers {list(SPEAKERS)} (30 clips)" in scored.output
 
     assert clf.metadata["license"] == "the training data's terms (trained from scratch on the clips of a CSV manifest)"
+    described = runner.invoke(main, ["info", "--model", str(model)])
+    assert described.exit_code == 0, described.output
+    names = {part: ", ".join(SPEAKERS[a - 1] for a in split[part]) for part in ("train", "val", "test")}
+    assert "labels: high, low, mid" in described.output
+    assert (f"split: train speakers {names['train']}; validation speakers {names['val']}; "
+            f"test speakers {names['test']}") in described.output
+    assert f"on {metrics['test']['n']} clips of speakers {names['test']}" in described.output
 
     # Fine-tuning: a second run starts from the exported model (same labels: classifier too).
     tuned_dir = tmp_path / "tuned"

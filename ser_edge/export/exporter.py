@@ -467,6 +467,7 @@ def export_run(
         "ece": ece,
         "recipe": {k: run_config[k] for k in ("train", "model", "augment")},
         "weights": weights,
+        **({"speakers": run_config["speakers"]} if run_config.get("speakers") else {}),  # a manifest's names
         **({"init_from": run_config["init_from"]} if run_config.get("init_from") else {}),
     }
     props = metadata_props(
