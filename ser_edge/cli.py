@@ -81,8 +81,7 @@ def classify(paths, model_path, threads, as_json, timeline, hop_s, raw_rate, max
     failed = 0
     inputs = list(expand_inputs(paths))  # directories listed first, so the table's column fits every file
     width = max(len(path) for path, _ in inputs)
-    if not as_json:
-        click.echo(f"{'file':<{width}}  {'emotion':<10} {'conf':>6}")
+    header = f"{'file':<{width}}  {'emotion':<10} {'conf':>6}"  # printed above the first row, if any
     for path, error in inputs:
         if error is None:
             try:
@@ -101,6 +100,9 @@ def classify(paths, model_path, threads, as_json, timeline, hop_s, raw_rate, max
         if as_json:
             click.echo(json.dumps(prediction.to_dict(timeline=timeline)))
         else:
+            if header:
+                click.echo(header)
+                header = ""
             click.echo(_table_row(path, prediction.label, prediction.confidence, width))
             if timeline:
                 for window in prediction.windows:

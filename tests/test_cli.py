@@ -128,6 +128,18 @@ def test_info(tiny_model):
     assert meta["labels"][0] == "neutral" and meta["feature_config"]["n_mels"] == 128
 
 
+def test_table_header_only_above_rows(tiny_model, tmp_path):
+    """When every input fails there is no table: stdout stays empty, errors go to stderr."""
+    (tmp_path / "notes.wav").write_text("not audio")
+    failed = run("classify", str(tmp_path / "notes.wav"), str(tmp_path / "gone.wav"), "--model", tiny_model)
+    assert failed.exit_code == 1 and failed.stdout == ""
+    assert len(failed.stderr.strip().splitlines()) == 2
+    sf.write(tmp_path / "tone.wav", tone(300, 1.0, 16_000), 16_000)
+    mixed = run("classify", str(tmp_path / "notes.wav"), str(tmp_path / "tone.wav"), "--model", tiny_model)
+    assert mixed.exit_code == 1 and mixed.stdout.splitlines()[0].split() == ["file", "emotion", "conf"]
+    assert len(mixed.stdout.splitlines()) == 2
+
+
 def test_info_for_people_summarises_the_metadata(tiny_model):
     result = run("info", "--model", tiny_model)
     assert result.exit_code == 0, result.output
