@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import soundfile as sf
 
-from ser_edge.edge_runtime import EmotionClassifier, FeatureConfig, load_audio, log_mel, split_windows, to_model_rate
+from ser_edge.edge_runtime import EmotionClassifier, load_audio, log_mel, split_windows, to_model_rate
 from ser_edge.edge_runtime.session import default_model_path
 
 PERCENTILES = (50, 95, 99)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from ser_edge.edge_runtime import EmotionClassifier, FeatureConfig
 from ser_edge.edge_runtime.errors import ModelError, SilentAudioError

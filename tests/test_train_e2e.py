@@ -141,7 +141,6 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     # The shipped graph averages the two members' tempered softmax: recompute it in
     # PyTorch from the member runs (weights rounded to float16, as shipped), window by
     # window, and compare with the edge runtime.
-    import numpy as np
     import torch
 
     from ser_edge.edge_runtime import FeatureConfig, load_audio, log_mel, split_windows

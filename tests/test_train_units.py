@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -772,7 +773,7 @@ def test_a_failed_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
 
     path = tmp_path / "checkpoint.pt"
     save_atomic({"epoch": 1}, path)
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # "cannot pickle a local object"
         save_atomic({"epoch": 2, "unpicklable": lambda: None}, path)
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
