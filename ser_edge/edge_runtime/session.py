@@ -234,14 +234,14 @@ def aggregate_windows(
             start_s=round(float(start), 6),
             end_s=round(float(min(start + config.clip_s, duration_s)), 6),
             label=labels[int(np.argmax(row))],
-            probabilities={label: float(p) for label, p in zip(labels, row)},
+            probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
         )
-        for start, row in zip(starts_s, probabilities)
+        for start, row in zip(starts_s, probabilities, strict=True)
     )
     return Prediction(
         label=labels[best],
         confidence=float(mean[best]),
-        probabilities={label: float(p) for label, p in zip(labels, mean)},
+        probabilities={label: float(p) for label, p in zip(labels, mean, strict=True)},
         windows=windows,
         duration_s=duration_s,
         path=name,

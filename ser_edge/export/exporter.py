@@ -454,7 +454,7 @@ def export_run(
 
     test_window_probs = torch_probabilities(wrapper, np.asarray(fs.features[test_rows]))
     test_summary = _clip_eval(fs, test_rows, test_window_probs, labels)[0]
-    members = [member_summary(run_dir, config) for run_dir, config in zip(run_dirs, configs)]
+    members = [member_summary(run_dir, config) for run_dir, config in zip(run_dirs, configs, strict=True)]
     provenance = {
         "split_actors": split,
         "test_metrics": {k: test_summary[k] for k in ("n", "accuracy", "macro_f1", "uar", "ece")},

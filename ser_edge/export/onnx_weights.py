@@ -90,7 +90,7 @@ def rebuild_wrapper(model):
     if len(unnamed) != len(missing):
         raise OnnxWeightsError(f"expected {len(missing)} unnamed projection weights, found {len(unnamed)}")
     filled = dict(named)
-    for key, (init_name, values) in zip(missing, unnamed):
+    for key, (init_name, values) in zip(missing, unnamed, strict=True):
         if values.T.shape != tuple(state[key].shape):
             raise OnnxWeightsError(f"{init_name} {values.shape} does not fit {key} {tuple(state[key].shape)} transposed")
         filled[key] = values.T

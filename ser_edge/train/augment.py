@@ -199,7 +199,7 @@ def tempo_perturb(features: np.ndarray, aug: "AugmentConfig", rng: np.random.Gen
     """Change the tempo of some rows by factors in ``tempo_range`` (in place, returned):
     speaking rate varies, pitch and formants do not."""
     chosen = np.flatnonzero(rng.random(len(features)) < aug.tempo_prob)
-    for row, rate in zip(chosen, rng.uniform(*aug.tempo_range, size=len(chosen))):
+    for row, rate in zip(chosen, rng.uniform(*aug.tempo_range, size=len(chosen)), strict=True):
         features[row] = stretch_frames(features[row], rate, floor_db)
     return features
 
@@ -238,7 +238,7 @@ def waveform_log_mel(
     features = np.empty((len(chosen), config.n_mels, 1 + out.shape[1] // config.hop_length), np.float32)
     if not shifted.all():
         features[~shifted] = log_mel(out[~shifted], config)
-    for i, pitch_factor in zip(np.flatnonzero(shifted), rng.uniform(*aug.pitch_range, size=int(shifted.sum()))):
+    for i, pitch_factor in zip(np.flatnonzero(shifted), rng.uniform(*aug.pitch_range, size=int(shifted.sum())), strict=True):
         features[i] = pitch_shift_log_mel(out[i], pitch_factor, config)
     if aug.speed_keep_tempo:
         for i in np.flatnonzero(speed[chosen]):
@@ -251,7 +251,7 @@ def freq_warp(features: np.ndarray, aug: AugmentConfig, rng: np.random.Generator
     """Stretch the mel axis of some rows by factors in ``warp_range`` (in place, returned)."""
     chosen = np.flatnonzero(rng.random(len(features)) < aug.warp_prob)
     n_mels = features.shape[1]
-    for row, alpha in zip(chosen, rng.uniform(*aug.warp_range, size=len(chosen))):
+    for row, alpha in zip(chosen, rng.uniform(*aug.warp_range, size=len(chosen)), strict=True):
         size = max(2, int(round(n_mels * alpha)))
         stretched = F.interpolate(
             torch.from_numpy(np.ascontiguousarray(features[row]))[None, None],

@@ -427,7 +427,7 @@ def load_feature_set(
         if index.is_file():
             stored = json.loads(index.read_text())
             if [_resolved(p) for p in stored["requested"]] == clip_paths:
-                by_path = dict(zip(clip_paths, clips))
+                by_path = dict(zip(clip_paths, clips, strict=True))
                 log.info("feature cache hit: %s", folder)
                 return FeatureSet(
                     [by_path[_resolved(p)] for p in stored["kept"]],

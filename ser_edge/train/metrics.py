@@ -78,7 +78,7 @@ def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray, bi
     correct = probabilities.argmax(axis=1) == np.asarray(y_true)
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
