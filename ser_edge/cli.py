@@ -354,10 +354,11 @@ def _run_data_dir(run_dir: str | None, data_dir: str | None) -> str:
         return data_dir
     if run_dir:
         config = Path(run_dir) / "config.json"
-        if config.is_file():
-            root = json.loads(config.read_text()).get("data_root")
-            if root:
-                return root
+        if not config.is_file():
+            raise _fail(f"{run_dir}: not a run folder (no config.json)", EXIT_USAGE)
+        root = json.loads(config.read_text()).get("data_root")
+        if root:
+            return root
     raise _fail("give the data folder (or CSV manifest) with --data", EXIT_USAGE)
 
 
@@ -386,6 +387,8 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
 
     if bool(run_dir) == bool(model_path):
         raise _fail("give either RUN_DIR or --model", EXIT_USAGE)
+    if snr and not model_path:
+        raise _fail("--snr needs --model (robustness is measured through the edge runtime)", EXIT_USAGE)
     chosen = _parse_actors(actors)
     if chosen is None and run_dir:
         config = Path(run_dir) / "config.json"
@@ -399,12 +402,10 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
         else:
             result = evaluate_run(run_dir, data, chosen, cache_dir=cache_dir)
     except SerEdgeError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), EXIT_USAGE if isinstance(exc, ModelError) else EXIT_INPUT_FAILED) from None
     _print_evaluation(result)
     summary = result.summary
     if snr:
-        if not model_path:
-            raise _fail("--snr needs --model (robustness is measured through the edge runtime)", EXIT_USAGE)
         summary["robustness"] = _robustness(model_path, data, chosen, threads, snr, bandwidth, plot_path)
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2))
@@ -478,6 +479,9 @@ def export(run_dirs, out_path, data_dir, quantize, no_calibrate, weights, cache_
     _train_modules()
     from ser_edge.export.exporter import export_run
 
+    for run_dir in run_dirs:  # as evaluate says it, before anything is loaded
+        if not (Path(run_dir) / "config.json").is_file():
+            raise _fail(f"{run_dir}: not a run folder (no config.json)", EXIT_USAGE)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ser_edge").setLevel(logging.INFO)
     try:

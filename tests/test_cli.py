@@ -187,7 +187,9 @@ def test_training_commands_fail_in_one_line(tmp_path):
         (["train", str(tmp_path / "empty"), "--only-fold", "1"], 1, "no RAVDESS speech clips"),
         (["evaluate"], 2, "give either RUN_DIR or --model"),
         (["evaluate", str(tmp_path / "empty")], 2, "not a run folder"),
-        (["export", str(tmp_path / "empty"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path)], 1, "run folder has no config.json"),
+        (["export", str(tmp_path / "empty"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path)], 2, "not a run folder"),
+        (["export", str(tmp_path / "empty"), "--out", str(tmp_path / "m.onnx")], 2, "empty: not a run folder (no config.json)"),
+        (["evaluate", str(tmp_path / "empty"), "--snr", "10"], 2, "--snr needs --model"),
     ]
     for args, code, message in cases:
         result = run(*args)

@@ -130,6 +130,8 @@ def test_unreadable_and_missing_model(tmp_path):
         EmotionClassifier(bad)
     with pytest.raises(ModelError, match="model file not found"):
         EmotionClassifier(tmp_path / "missing.onnx")
+    with pytest.raises(ModelError, match=f"{tmp_path}: not a regular file, so not a model file"):
+        EmotionClassifier(tmp_path)
 
 
 def test_feature_config_travels_with_the_model(tmp_path):

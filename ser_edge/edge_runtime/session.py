@@ -134,6 +134,8 @@ class EmotionClassifier:
         self.max_duration_s = max_duration_s
         self.min_duration_s = min_duration_s
         if not os.path.isfile(self.path):
+            if os.path.exists(self.path):
+                raise ModelError("not a regular file, so not a model file", path=self.path)
             hint = "" if path is not None else " (no default model is shipped in this install; pass a model path)"
             raise ModelError(f"model file not found{hint}", path=self.path)
         try:
