@@ -8,6 +8,7 @@ one-line messages and exit codes: 0 all good, 1 some input failed, 2 usage error
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -21,6 +22,7 @@ from ser_edge.edge_runtime.audio import AUDIO_EXTENSIONS, DEFAULT_HOP_S, MAX_DUR
 from ser_edge.edge_runtime.errors import EmptyAudioError, ModelError, NotAudioError, SerEdgeError
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 STDIN = "-"
 
 
@@ -313,11 +315,9 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
             kfold_splits(present, folds, seed=split_seed)
         except SerEdgeError as exc:
             raise _fail(f"{data_dir}: {exc}") from None
-        try:
+        with _training_errors(out_dir):
             out = pipeline.cross_validate(prepared, folds, out_dir, seed=split_seed, actors=present, only_fold=only_fold,
                                           **kwargs)
-        except SerEdgeError as exc:
-            raise _fail(str(exc)) from None
         if out is None:
             click.echo(f"fold {only_fold} done; the summary is written when every fold is done")
             return
@@ -332,12 +332,22 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
     if prepared.speakers:
         named = {part: [prepared.speakers[a] for a in getattr(split, part)] for part in ("train", "val", "test")}
         click.echo(f"speakers: train {named['train']}, val {named['val']}, test {named['test']}")
-    try:
+    with _training_errors(out_dir):
         metrics = pipeline.train_split(prepared, split, out_dir, **kwargs)
-    except SerEdgeError as exc:
-        raise _fail(str(exc)) from None
     click.echo((Path(out_dir) / "report.txt").read_text())
     click.echo(f"run folder: {out_dir} (best epoch {metrics['best_epoch']} of {metrics['epochs_run']})")
+
+
+@contextlib.contextmanager
+def _training_errors(out_dir: str) -> Iterator[None]:
+    """Typed errors as one line; Ctrl-C as a one-line note on resuming, not click's "Aborted!"."""
+    try:
+        yield
+    except SerEdgeError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail(f"{out_dir}: interrupted; the checkpoint keeps every finished epoch, and the same command "
+                    "resumes from it", EXIT_INTERRUPTED) from None
 
 
 def _parse_actors(text: str | None) -> list[int] | None:

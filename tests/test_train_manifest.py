@@ -159,3 +159,19 @@ def test_too_few_speakers_for_the_folds_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
     one = CliRunner().invoke(main, [*args, "1"])
     assert one.exit_code == 2 and "--folds must be 0 (one split) or at least 2" in one.output
+
+
+def test_ctrl_c_while_training_says_how_to_resume(tmp_path, monkeypatch):
+    """Ctrl-C is a one-line note and exit 130, not click's bare "Aborted!" (exit 1)."""
+    from ser_edge.train import pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "train_split", interrupted)
+    manifest = write_manifest(tmp_path, clips_per_label=1)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(manifest), "--out", str(run_dir), "--cache", str(tmp_path / "c")])
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {run_dir}: interrupted; the checkpoint keeps every finished epoch, and the same command resumes from it")
