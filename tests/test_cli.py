@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,3 +249,14 @@ def test_evaluate_manifest_of_ravdess_clips_says_when_the_model_heard_them(tmp_p
     result = run("evaluate", "--manifest", seen, "--model", model)
     assert result.exit_code == 0
     assert result.stdout.splitlines()[1] == "NOT HELD OUT: the model was trained on actors [1]; not a speaker-independent score"
+
+
+def test_version_is_written_once():
+    """pyproject reads the version from ser_edge.__version__; --version reports the same."""
+    from importlib.metadata import version
+
+    import ser_edge
+
+    assert version("ser-edge") == ser_edge.__version__
+    assert run("--version").stdout.strip().endswith(f"version {ser_edge.__version__}")
+    assert 'dynamic = ["version"]' in (Path(__file__).parents[1] / "pyproject.toml").read_text()
