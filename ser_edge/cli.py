@@ -95,7 +95,7 @@ def classify(paths, model_path, threads, as_json, timeline, hop_s, raw_rate, max
         if error is not None:
             failed += 1
             if as_json:
-                click.echo(json.dumps({"path": path, "error": error.problem}))
+                click.echo(json.dumps({"path": path, "error": error.problem, "error_code": error.code}))
             click.echo(f"error: {error}", err=True)
             continue
         if as_json:

@@ -70,9 +70,31 @@ def test_directory_recursion_and_bad_files_continue(tiny_model, wav, tmp_path):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 3
     broken = [r for r in rows if "error" in r]
-    assert len(broken) == 1 and broken[0]["path"].endswith("broken.wav") and set(broken[0]) == {"path", "error"}
+    assert len(broken) == 1 and broken[0]["path"].endswith("broken.wav") and set(broken[0]) == {"path", "error", "error_code"}
     assert sorted(r["label"] for r in rows if "label" in r) == ["disgust", "neutral"]
     assert "broken.wav" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_json_error_codes_name_the_problem(tiny_model, tmp_path):
+    """Programs branch on error_code, which keeps its value when a message is reworded."""
+    (tmp_path / "text.wav").write_text("not audio")
+    sf.write(tmp_path / "silent.wav", np.zeros(16_000, np.float32), 16_000)
+    sf.write(tmp_path / "blip.wav", tone(300, 0.05, 16_000), 16_000)
+    sf.write(tmp_path / "ok.wav", tone(300, 1.0, 16_000), 16_000)
+    names = ["gone.wav", "text.wav", "silent.wav", "blip.wav", "ok.wav"]
+    result = run("classify", *[tmp_path / n for n in names], "--model", tiny_model, "--json")
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r.get("error_code") for r in rows] == ["not_found", "not_audio", "silent", "too_short", None]
+    assert result.exit_code == 1
+
+
+def test_each_runtime_error_class_has_its_own_code():
+    from ser_edge.edge_runtime import errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.SerEdgeError)]
+    codes = [c.code for c in classes]
+    assert len(classes) == 12 and len(set(codes)) == len(codes)
+    assert all(code.isidentifier() and code.islower() for code in codes)
 
 
 def test_each_error_is_one_line(tiny_model, tmp_path):
