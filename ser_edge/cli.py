@@ -83,33 +83,38 @@ def classify(paths, model_path, threads, as_json, timeline, hop_s, raw_rate, max
     inputs = list(expand_inputs(paths))  # directories listed first, so the table's column fits every file
     width = max(len(path) for path, _ in inputs)
     header = f"{'file':<{width}}  {'emotion':<10} {'conf':>6}"  # printed above the first row, if any
-    for path, error in inputs:
-        if error is None:
-            try:
-                if path == STDIN:
-                    prediction = _classify_stdin(classifier, raw_rate)
-                else:
-                    prediction = classifier.predict_file(path)
-            except SerEdgeError as exc:
-                error = exc
-        if error is not None:
+    for done, (path, error) in enumerate(inputs):
+        try:
+            result = error or _classify_one(classifier, path, raw_rate)
+        except KeyboardInterrupt:
+            raise _fail(f"interrupted after {done} of {len(inputs)} inputs", EXIT_INTERRUPTED) from None
+        if isinstance(result, SerEdgeError):
             failed += 1
             if as_json:
-                click.echo(json.dumps({"path": path, "error": error.problem, "error_code": error.code}))
-            click.echo(f"error: {error}", err=True)
-            continue
-        if as_json:
-            click.echo(json.dumps(prediction.to_dict(timeline=timeline)))
+                click.echo(json.dumps({"path": path, "error": result.problem, "error_code": result.code}))
+            click.echo(f"error: {result}", err=True)
+        elif as_json:
+            click.echo(json.dumps(result.to_dict(timeline=timeline)))
         else:
             if header:
                 click.echo(header)
                 header = ""
-            click.echo(_table_row(path, prediction.label, prediction.confidence, width))
+            click.echo(_table_row(path, result.label, result.confidence, width))
             if timeline:
-                for window in prediction.windows:
+                for window in result.windows:
                     click.echo(f"  {window.start_s:7.2f}-{window.end_s:7.2f} s  {window.label:<10} {window.probabilities[window.label]:6.3f}")
     if failed:
         raise click.exceptions.Exit(EXIT_INPUT_FAILED)
+
+
+def _classify_one(classifier, path: str, raw_rate: int | None):
+    """The prediction for one input, or the typed error that stopped it (returned, not raised)."""
+    try:
+        if path == STDIN:
+            return _classify_stdin(classifier, raw_rate)
+        return classifier.predict_file(path)
+    except SerEdgeError as exc:
+        return exc
 
 
 PCM16_SCALE = 32768.0  # int16 full scale

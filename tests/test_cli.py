@@ -88,6 +88,24 @@ def test_json_error_codes_name_the_problem(tiny_model, tmp_path):
     assert result.exit_code == 1
 
 
+def test_ctrl_c_in_a_batch_keeps_the_rows_printed(tiny_model, wav, monkeypatch):
+    from ser_edge.edge_runtime.session import EmotionClassifier
+
+    first, second = wav(300, 1.0, name="a.wav"), wav(300, 1.0, name="b.wav")
+    predict_file = EmotionClassifier.predict_file
+
+    def interrupted_on_b(self, source):
+        if str(source).endswith("b.wav"):
+            raise KeyboardInterrupt
+        return predict_file(self, source)
+
+    monkeypatch.setattr(EmotionClassifier, "predict_file", interrupted_on_b)
+    result = run("classify", first, second, "--model", tiny_model, "--json")
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [str(first)]
+    assert result.stderr.strip() == "error: interrupted after 1 of 2 inputs"
+
+
 def test_each_runtime_error_class_has_its_own_code():
     from ser_edge.edge_runtime import errors
 
