@@ -388,22 +388,31 @@ def _run_data_dir(run_dir: str | None, data_dir: str | None) -> str:
 @click.option("--snr", help="With --model: also accuracy under white and babble noise at these SNRs (dB), e.g. 20,10,5,0.")
 @click.option("--bandwidth", default="16000,8000", show_default=True, help="With --snr: band-limited input rates to test.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="With --snr: write the robustness plot (PNG) here.")
+@click.option("--codecs", default="", help="With --snr: also through these lossy codecs, e.g. opus-32k,opus-16k,mp3-96k,mp3-32k.")
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False),
               help="Your own labelled clips instead of RAVDESS: a CSV with columns path,label[,speaker] "
                    "(paths relative to the CSV). Scores --model, or the shipped model; needs no train extra.")
-def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir, snr, bandwidth, plot_path, manifest_path) -> None:
+def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir, snr, bandwidth, plot_path, codecs,
+             manifest_path) -> None:
     """Classification report on held-out actors, for a run or an ONNX model (or on your own clips: --manifest)."""
     if manifest_path:
         _evaluate_manifest(run_dir, model_path, manifest_path, threads, json_out,
-                           {"--data": data_dir, "--actors": actors, "--snr": snr})
+                           {"--data": data_dir, "--actors": actors, "--snr": snr, "--codecs": codecs})
         return
     _train_modules()
     from ser_edge.train.evaluate import evaluate_onnx, evaluate_run
+    from ser_edge.train.robustness import CODECS
 
     if bool(run_dir) == bool(model_path):
         raise _fail("give either RUN_DIR or --model", EXIT_USAGE)
     if snr and not model_path:
         raise _fail("--snr needs --model (robustness is measured through the edge runtime)", EXIT_USAGE)
+    if codecs and not snr:
+        raise _fail("--codecs is part of the robustness suite: give --snr too", EXIT_USAGE)
+    codec_names = [c for c in codecs.split(",") if c]
+    if set(codec_names) - set(CODECS):
+        raise _fail(f"--codecs: unknown codecs {sorted(set(codec_names) - set(CODECS))}; known: {sorted(CODECS)}",
+                    EXIT_USAGE)
     chosen = _parse_actors(actors)
     if chosen is None and run_dir:
         config = Path(run_dir) / "config.json"
@@ -421,7 +430,10 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
     _print_evaluation(result)
     summary = result.summary
     if snr:
-        summary["robustness"] = _robustness(model_path, data, chosen, threads, snr, bandwidth, plot_path)
+        summary["robustness"], codec_kbps = _robustness(model_path, data, chosen, threads, snr, bandwidth,
+                                                        codec_names, plot_path)
+        if codec_kbps:
+            summary["codec_kbps"] = codec_kbps
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2))
 
@@ -452,7 +464,8 @@ def _evaluate_manifest(run_dir, model_path, manifest_path, threads, json_out, ra
         raise click.exceptions.Exit(EXIT_INPUT_FAILED)
 
 
-def _robustness(model_path, data, actors, threads, snr, bandwidth, plot_path) -> dict[str, float]:
+def _robustness(model_path, data, actors, threads, snr, bandwidth, codecs, plot_path):
+    """Accuracy per condition, and the bitrate measured for each codec condition."""
     from ser_edge.train import robustness
     from ser_edge.train.data import scan_dataset
     from ser_edge.train.evaluate import evaluate_conditions
@@ -465,15 +478,18 @@ def _robustness(model_path, data, actors, threads, snr, bandwidth, plot_path) ->
     # Babble comes from clips of actors outside the evaluated set (other speakers).
     evaluated = set(actors or [])
     pool = [c.path for c in scan_dataset(data).clips if c.actor not in evaluated] if evaluated else []
-    conditions = {c.name: c.transform for c in robustness.conditions(snrs, rates, pool)}
+    chosen = robustness.conditions(snrs, rates, pool, codecs=codecs)
+    conditions = {c.name: c.transform for c in chosen}
     evaluations = evaluate_conditions(model_path, data, actors, conditions, threads=threads)
     results = {name: evaluation.summary["accuracy"] for name, evaluation in evaluations.items()}
+    kbps = {c.name: round(c.transform.kbps, 1) for c in chosen if isinstance(c.transform, robustness.CodecTransform)}
     click.echo(f"\n{'condition':<24} accuracy")
     for name, accuracy in results.items():
-        click.echo(f"{name:<24} {accuracy:.3f}")
+        measured = f"  ({kbps[name]:.1f} kbps measured)" if name in kbps else ""
+        click.echo(f"{name:<24} {accuracy:.3f}{measured}")
     if plot_path:
         robustness.plot(results, snrs, plot_path)
-    return results
+    return results, kbps
 
 
 @main.command()

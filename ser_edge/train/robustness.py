@@ -1,4 +1,4 @@
-"""Corruptions for robustness evaluation: white noise, babble, band-limiting.
+"""Corruptions for robustness evaluation: white noise, babble, band-limiting, lossy codecs.
 
 Each corruption is a ``transform(samples, sample_rate) -> (samples, sample_rate)`` that
 ``ser_edge.train.evaluate.evaluate_onnx`` applies to every decoded clip before the edge
@@ -8,10 +8,12 @@ runtime classifies it. Everything is seeded, so a table can be reproduced exactl
 from __future__ import annotations
 
 import dataclasses
+import io
 import zlib
 from typing import Callable, Sequence
 
 import numpy as np
+import soundfile as sf
 
 from ser_edge.edge_runtime.audio import RESAMPLE_KAISER_BETA, load_audio
 from ser_edge.edge_runtime.resample import resample_poly
@@ -72,17 +74,73 @@ def band_limit(target_rate: int) -> Transform:
 
 
 @dataclasses.dataclass(frozen=True)
+class Codec:
+    """A lossy encoder of libsndfile, set by its 0-1 compression level (1 = smallest file).
+
+    libsndfile maps the level to the encoder's bitrate: for Opus a target of about
+    6 + 250 x (1 - level) kbps per channel, spent variably (less on silence); for MP3 (LAME,
+    constant bitrate) steps of its bitrate table. ``nominal_kbps`` names that target; the
+    bitrate measured on the clips is reported next to each result.
+    """
+
+    format: str
+    subtype: str
+    compression_level: float
+    nominal_kbps: int
+    bitrate_mode: str | None = None
+
+
+CODECS = {
+    "opus-32k": Codec("OGG", "OPUS", 0.896, 32),  # voice calls (WebRTC's default range)
+    "opus-16k": Codec("OGG", "OPUS", 0.96, 16),
+    "mp3-96k": Codec("MP3", "MPEG_LAYER_III", 0.8, 96, "CONSTANT"),
+    "mp3-32k": Codec("MP3", "MPEG_LAYER_III", 0.99, 32, "CONSTANT"),
+}
+BITS_PER_BYTE = 8
+
+
+class CodecTransform:
+    """Encode with ``codec`` in memory and decode again; counts bytes to report the bitrate."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.encoded_bytes = 0
+        self.seconds = 0.0
+
+    def __call__(self, samples: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
+        buffer = io.BytesIO()
+        extra = {"bitrate_mode": self.codec.bitrate_mode} if self.codec.bitrate_mode else {}
+        sf.write(buffer, samples, rate, format=self.codec.format, subtype=self.codec.subtype,
+                 compression_level=self.codec.compression_level, **extra)
+        self.encoded_bytes += buffer.tell()
+        self.seconds += len(samples) / rate
+        buffer.seek(0)
+        decoded, decoded_rate = sf.read(buffer, dtype="float32")
+        return (decoded.mean(axis=1) if decoded.ndim == 2 else decoded), decoded_rate
+
+    @property
+    def kbps(self) -> float:
+        return self.encoded_bytes * BITS_PER_BYTE / self.seconds / 1000 if self.seconds else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Condition:
     name: str
     transform: Transform | None
 
 
-def conditions(snrs_db: Sequence[float], rates: Sequence[int], babble_pool: Sequence[str], seed: int = 0) -> list[Condition]:
+def conditions(snrs_db: Sequence[float], rates: Sequence[int], babble_pool: Sequence[str], seed: int = 0,
+               codecs: Sequence[str] = ()) -> list[Condition]:
+    """``codecs``: names from ``CODECS``; their conditions' transforms are ``CodecTransform``s."""
+    unknown = sorted(set(codecs) - set(CODECS))
+    if unknown:
+        raise ValueError(f"unknown codecs {unknown}; known: {sorted(CODECS)}")
     out = [Condition("clean", None)]
     out += [Condition(f"white {snr:g} dB", white_noise(snr, seed)) for snr in snrs_db]
     if babble_pool:
         out += [Condition(f"babble {snr:g} dB", babble_noise(snr, babble_pool, seed)) for snr in snrs_db]
     out += [Condition(f"{rate / 1000:g} kHz band-limited", band_limit(rate)) for rate in rates]
+    out += [Condition(name, CodecTransform(CODECS[name])) for name in codecs]
     return out
 
 
