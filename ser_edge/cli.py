@@ -32,13 +32,13 @@ def _fail(message: str, code: int = EXIT_INPUT_FAILED) -> "click.exceptions.Exit
 
 
 def expand_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, SerEdgeError | None]]:
-    """Files as given; directories expanded recursively to their .wav/.flac files."""
+    """Files as given; directories expanded recursively to their audio files (``AUDIO_EXTENSIONS``)."""
     for raw in paths:
         path = Path(raw)
         if raw != STDIN and path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
             if not found:
-                yield raw, NotAudioError("directory holds no .wav or .flac files", path=raw)
+                yield raw, NotAudioError(f"directory holds no audio files ({', '.join(AUDIO_EXTENSIONS)})", path=raw)
             for file in found:
                 yield str(file), None
         else:
@@ -54,6 +54,9 @@ def _load_classifier(model: str | None, threads: int, hop_s: float = DEFAULT_HOP
                                  min_duration_s=min_duration_s or None)
     except SerEdgeError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
+
+
+TABLE_FILE_HEADER = "file"
 
 
 def _table_row(path: str, label: str, confidence: float, width: int) -> str:
@@ -77,12 +80,12 @@ def main() -> None:
 @click.option("--max-duration", "max_duration_s", type=click.FloatRange(min=0.1), default=MAX_DURATION_S, show_default=True, help="Reject clips longer than this many seconds.")
 @click.option("--min-duration", "min_duration_s", type=click.FloatRange(min=0.0), default=MIN_DURATION_S, show_default=True, help="Reject clips shorter than this many seconds (0: no minimum).")
 def classify(paths, model_path, threads, as_json, timeline, hop_s, raw_rate, max_duration_s, min_duration_s) -> None:
-    """Classify WAV/FLAC files or directories (recursive); '-' reads audio from stdin."""
+    """Classify audio files (WAV, FLAC, Ogg, MP3) or directories (recursive); '-' reads stdin."""
     classifier = _load_classifier(model_path, threads, hop_s, max_duration_s, min_duration_s)
     failed = 0
     inputs = list(expand_inputs(paths))  # directories listed first, so the table's column fits every file
-    width = max(len(path) for path, _ in inputs)
-    header = f"{'file':<{width}}  {'emotion':<10} {'conf':>6}"  # printed above the first row, if any
+    width = max(len(TABLE_FILE_HEADER), *(len(path) for path, _ in inputs))
+    header = f"{TABLE_FILE_HEADER:<{width}}  {'emotion':<10} {'conf':>6}"  # printed above the first row, if any
     for done, (path, error) in enumerate(inputs):
         try:
             result = error or _classify_one(classifier, path, raw_rate)
@@ -121,7 +124,7 @@ PCM16_SCALE = 32768.0  # int16 full scale
 
 
 def _classify_stdin(classifier, raw_rate: int | None):
-    """WAV/FLAC (any format soundfile reads) or, with --raw-rate, raw s16le mono PCM."""
+    """An audio file (WAV, FLAC, Ogg, MP3) or, with --raw-rate, raw s16le mono PCM."""
     import io
 
     import numpy as np

@@ -126,7 +126,7 @@ def test_not_audio_under_a_decoder_extension(tmp_path, name, data):
     path.write_bytes(data)
     with pytest.raises(NotAudioError, match="not a supported audio file") as info:
         load_audio(path)
-    assert str(info.value) == f"{path}: not a supported audio file (WAV or FLAC)"
+    assert str(info.value) == f"{path}: not a supported audio file (WAV, FLAC, Ogg Vorbis/Opus or MP3)"
 
 
 def test_truncated_flac(tmp_path):

@@ -115,6 +115,22 @@ def test_each_runtime_error_class_has_its_own_code():
     assert all(code.isidentifier() and code.islower() for code in codes)
 
 
+def test_directories_take_ogg_opus_and_mp3_too(tiny_model, tmp_path):
+    """libsndfile decodes Ogg (Vorbis, Opus) and MP3; a directory is searched for them too."""
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    x = tone(300, 1.5, 48_000)
+    sf.write(folder / "a.ogg", x, 48_000, format="OGG", subtype="VORBIS")
+    sf.write(folder / "b.opus", x, 48_000, format="OGG", subtype="OPUS")
+    sf.write(folder / "c.mp3", x, 48_000, format="MP3")
+    (folder / "d.txt").write_text("not searched")
+    result = run("classify", folder, "--model", tiny_model, "--json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["a.ogg", "b.opus", "c.mp3"]
+    assert {r["label"] for r in rows} == {"neutral"}  # 300 Hz survives each codec
+
+
 def test_each_error_is_one_line(tiny_model, tmp_path):
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
@@ -125,7 +141,7 @@ def test_each_error_is_one_line(tiny_model, tmp_path):
     errors = result.stderr.strip().splitlines()
     assert errors == [
         f"error: {tmp_path / 'missing.wav'}: no such file",
-        f"error: {empty_dir}: directory holds no .wav or .flac files",
+        f"error: {empty_dir}: directory holds no audio files (.wav, .flac, .ogg, .opus, .mp3)",
         f"error: {silent}: audio is all zeros (digital silence)",
     ]
 
@@ -210,7 +226,7 @@ def test_stdin_raw_pcm(tiny_model):
 def test_stdin_garbage(tiny_model):
     result = run("classify", "-", "--model", tiny_model, input=b"\x00\x01garbage" * 10)
     assert result.exit_code == 1
-    assert result.stderr.strip() == "error: -: not a supported audio file (WAV or FLAC)"
+    assert result.stderr.strip() == "error: -: not a supported audio file (WAV, FLAC, Ogg Vorbis/Opus or MP3)"
 
 
 @pytest.mark.parametrize("raw", [[], ["--raw-rate", "16000"]])

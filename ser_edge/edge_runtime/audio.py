@@ -45,7 +45,10 @@ MAX_DURATION_S = 600.0  # default limit on clip length (10 min)
 # classify, yet the model would still return confident-looking probabilities for it.
 MIN_DURATION_S = 0.2
 DEFAULT_HOP_S = 1.0  # hop between sliding windows on long clips
-AUDIO_EXTENSIONS = (".wav", ".flac")
+# What a directory is searched for. libsndfile (bundled with soundfile >= 0.12) decodes
+# all of them; it recognises WAV, FLAC and Ogg by their headers, MP3 by its extension.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+SUPPORTED_FORMATS = "WAV, FLAC, Ogg Vorbis/Opus or MP3"
 # libsndfile's ways of saying "this is no audio I can read". "does not exist" comes for
 # an existing file whose extension picked a decoder (x.mp3 holding text), so it is
 # checked only after the path was found to exist.
@@ -131,7 +134,7 @@ def load_audio(
     max_duration_s: float | None = MAX_DURATION_S,
     min_duration_s: float | None = MIN_DURATION_S,
 ) -> Audio:
-    """Decode a WAV/FLAC file (path or binary file object) to checked mono float32."""
+    """Decode an audio file (``SUPPORTED_FORMATS``; path or binary file object) to checked mono float32."""
     name = _name(source)
     if isinstance(source, (str, os.PathLike)):
         if not os.path.exists(source):
@@ -151,7 +154,7 @@ def load_audio(
     except sf.LibsndfileError as exc:
         text = str(exc).lower()
         if any(phrase in text for phrase in _NOT_AUDIO_PHRASES):
-            raise NotAudioError("not a supported audio file (WAV or FLAC)", path=name) from exc
+            raise NotAudioError(f"not a supported audio file ({SUPPORTED_FORMATS})", path=name) from exc
         raise CorruptAudioError(f"cannot decode audio ({exc.error_string})", path=name) from exc
     except (sf.SoundFileError, RuntimeError, EOFError) as exc:
         raise CorruptAudioError(f"cannot decode audio ({exc})", path=name) from exc

@@ -207,7 +207,7 @@ class EmotionClassifier:
         return self._predict_mono(samples, int(sample_rate), name)
 
     def predict_file(self, source: AudioSource) -> Prediction:
-        """Classify a WAV/FLAC file (path or binary file object)."""
+        """Classify an audio file (WAV, FLAC, Ogg, MP3; path or binary file object)."""
         audio = load_audio(source, max_duration_s=self.max_duration_s, min_duration_s=self.min_duration_s)
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
         return self._predict_mono(audio.samples, audio.sample_rate, name)

@@ -223,7 +223,7 @@ def scan_dataset(root: str | os.PathLike, *, strict: bool = False) -> ScanResult
     for message in skipped:
         log.warning("skipped %s", message)
     if not clips:
-        raise DatasetError("no RAVDESS speech clips (.wav/.flac) found", path=str(root))
+        raise DatasetError(f"no RAVDESS speech clips ({'/'.join(AUDIO_EXTENSIONS)}) found", path=str(root))
     return ScanResult(clips, skipped)
 
 
