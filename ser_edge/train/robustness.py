@@ -157,6 +157,8 @@ def plot(results: dict[str, float], snrs_db: Sequence[float], path: str) -> None
     for name, value in results.items():
         if "band-limited" in name:
             ax.axhline(value, linestyle=":", label=name, color="C2" if name.startswith("16") else "C3")
+    for color, name in enumerate((name for name in results if name in CODECS), start=4):
+        ax.axhline(results[name], linestyle="-.", label=name, color=f"C{color}")
     ax.set_xlabel("SNR (dB)")
     ax.set_ylabel("accuracy")
     ax.invert_xaxis()
