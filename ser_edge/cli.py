@@ -367,14 +367,19 @@ def _parse_actors(text: str | None) -> list[int] | None:
         raise _fail(f"--actors must be comma-separated actor numbers, got {text!r}", EXIT_USAGE) from None
 
 
+def _run_config(run_dir: str) -> dict:
+    """A run folder's ``config.json``; a folder without one is a usage error naming it."""
+    config = Path(run_dir) / "config.json"
+    if not config.is_file():
+        raise _fail(f"{run_dir}: not a run folder (no config.json)", EXIT_USAGE)
+    return json.loads(config.read_text())
+
+
 def _run_data_dir(run_dir: str | None, data_dir: str | None) -> str:
     if data_dir:
         return data_dir
     if run_dir:
-        config = Path(run_dir) / "config.json"
-        if not config.is_file():
-            raise _fail(f"{run_dir}: not a run folder (no config.json)", EXIT_USAGE)
-        root = json.loads(config.read_text()).get("data_root")
+        root = _run_config(run_dir).get("data_root")
         if root:
             return root
     raise _fail("give the data folder (or CSV manifest) with --data", EXIT_USAGE)
@@ -404,7 +409,6 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
         return
     _train_modules()
     from ser_edge.train.evaluate import evaluate_onnx, evaluate_run
-    from ser_edge.train.robustness import CODECS
 
     if bool(run_dir) == bool(model_path):
         raise _fail("give either RUN_DIR or --model", EXIT_USAGE)
@@ -412,16 +416,10 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
         raise _fail("--snr needs --model (robustness is measured through the edge runtime)", EXIT_USAGE)
     if codecs and not snr:
         raise _fail("--codecs is part of the robustness suite: give --snr too", EXIT_USAGE)
-    codec_names = [c for c in codecs.split(",") if c]
-    if set(codec_names) - set(CODECS):
-        raise _fail(f"--codecs: unknown codecs {sorted(set(codec_names) - set(CODECS))}; known: {sorted(CODECS)}",
-                    EXIT_USAGE)
+    suite = _robustness_suite(snr, bandwidth, codecs) if snr else None
     chosen = _parse_actors(actors)
     if chosen is None and run_dir:
-        config = Path(run_dir) / "config.json"
-        if not config.is_file():
-            raise _fail(f"{run_dir}: not a run folder (no config.json)", EXIT_USAGE)
-        chosen = json.loads(config.read_text())["split"]["test"]
+        chosen = _run_config(run_dir)["split"]["test"]
     data = _run_data_dir(run_dir, data_dir)
     try:
         if model_path:
@@ -432,9 +430,8 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
         raise _fail(str(exc), EXIT_USAGE if isinstance(exc, ModelError) else EXIT_INPUT_FAILED) from None
     _print_evaluation(result)
     summary = result.summary
-    if snr:
-        summary["robustness"], codec_kbps = _robustness(model_path, data, chosen, threads, snr, bandwidth,
-                                                        codec_names, plot_path)
+    if suite:
+        summary["robustness"], codec_kbps = _robustness(model_path, data, chosen, threads, *suite, plot_path)
         if codec_kbps:
             summary["codec_kbps"] = codec_kbps
     if json_out:
@@ -467,17 +464,29 @@ def _evaluate_manifest(run_dir, model_path, manifest_path, threads, json_out, ra
         raise click.exceptions.Exit(EXIT_INPUT_FAILED)
 
 
-def _robustness(model_path, data, actors, threads, snr, bandwidth, codecs, plot_path):
-    """Accuracy per condition, and the bitrate measured for each codec condition."""
+def _robustness_suite(snr: str, bandwidth: str, codecs: str) -> tuple[list[float], list[int], list[str]]:
+    """``--snr``, ``--bandwidth`` and ``--codecs`` parsed and checked before anything is evaluated."""
     from ser_edge.train import robustness
-    from ser_edge.train.data import scan_dataset
-    from ser_edge.train.evaluate import evaluate_conditions
 
     try:
         snrs = [float(x) for x in snr.split(",")]
         rates = [int(x) for x in bandwidth.split(",") if x]
     except ValueError:
         raise _fail(f"--snr and --bandwidth take comma-separated numbers, got {snr!r} and {bandwidth!r}", EXIT_USAGE) from None
+    codec_names = [c for c in codecs.split(",") if c]
+    try:
+        robustness.check_codecs(codec_names)
+    except ValueError as exc:
+        raise _fail(f"--codecs: {exc}", EXIT_USAGE) from None
+    return snrs, rates, codec_names
+
+
+def _robustness(model_path, data, actors, threads, snrs, rates, codecs, plot_path):
+    """Accuracy per condition, and the bitrate measured for each codec condition."""
+    from ser_edge.train import robustness
+    from ser_edge.train.data import scan_dataset
+    from ser_edge.train.evaluate import evaluate_conditions
+
     # Babble comes from clips of actors outside the evaluated set (other speakers).
     evaluated = set(actors or [])
     pool = [c.path for c in scan_dataset(data).clips if c.actor not in evaluated] if evaluated else []
@@ -514,8 +523,7 @@ def export(run_dirs, out_path, data_dir, quantize, no_calibrate, weights, cache_
     from ser_edge.export.exporter import export_run
 
     for run_dir in run_dirs:  # as evaluate says it, before anything is loaded
-        if not (Path(run_dir) / "config.json").is_file():
-            raise _fail(f"{run_dir}: not a run folder (no config.json)", EXIT_USAGE)
+        _run_config(run_dir)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ser_edge").setLevel(logging.INFO)
     try:

@@ -115,8 +115,8 @@ class CodecTransform:
         self.encoded_bytes += buffer.tell()
         self.seconds += len(samples) / rate
         buffer.seek(0)
-        decoded, decoded_rate = sf.read(buffer, dtype="float32")
-        return (decoded.mean(axis=1) if decoded.ndim == 2 else decoded), decoded_rate
+        decoded, decoded_rate = sf.read(buffer, dtype="float32")  # mono in, mono (n,) out
+        return decoded, decoded_rate
 
     @property
     def kbps(self) -> float:
@@ -129,12 +129,17 @@ class Condition:
     transform: Transform | None
 
 
+def check_codecs(names: Sequence[str]) -> None:
+    """ValueError naming any of ``names`` that is not in ``CODECS``."""
+    unknown = sorted(set(names) - set(CODECS))
+    if unknown:
+        raise ValueError(f"unknown codecs {unknown}; known: {sorted(CODECS)}")
+
+
 def conditions(snrs_db: Sequence[float], rates: Sequence[int], babble_pool: Sequence[str], seed: int = 0,
                codecs: Sequence[str] = ()) -> list[Condition]:
     """``codecs``: names from ``CODECS``; their conditions' transforms are ``CodecTransform``s."""
-    unknown = sorted(set(codecs) - set(CODECS))
-    if unknown:
-        raise ValueError(f"unknown codecs {unknown}; known: {sorted(CODECS)}")
+    check_codecs(codecs)
     out = [Condition("clean", None)]
     out += [Condition(f"white {snr:g} dB", white_noise(snr, seed)) for snr in snrs_db]
     if babble_pool:
