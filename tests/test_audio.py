@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 import scipy.signal  # reference only (welch); the runtime does not use scipy.signal
@@ -15,6 +18,7 @@ from ser_edge.edge_runtime.audio import (
     to_model_rate,
     window_starts,
 )
+from ser_edge.edge_runtime.decoder_noise import decoder_stderr_filtered
 from ser_edge.edge_runtime.errors import (
     AudioFileNotFoundError,
     AudioTooLongError,
@@ -127,6 +131,70 @@ def test_not_audio_under_a_decoder_extension(tmp_path, name, data):
     with pytest.raises(NotAudioError, match="not a supported audio file") as info:
         load_audio(path)
     assert str(info.value) == f"{path}: not a supported audio file (WAV, FLAC, Ogg Vorbis/Opus or MP3)"
+
+
+def _damaged_mp3(path, seed=0):
+    """A 2 s MP3 tone with bytes overwritten every 97 bytes after its first frames:
+    libmpg123 resyncs past the damage and prints notes to descriptor 2 while it does."""
+    sf.write(path, tone(220, 2.0, 48_000), 48_000, format="MP3")
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(seed)
+    for i in range(2000, len(data), 97):
+        data[i] = int(rng.integers(256))
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_mp3_decodes_without_decoder_chatter(tmp_path, capfd):
+    path = tmp_path / "damaged.mp3"
+    _damaged_mp3(path)
+    audio = load_audio(path)  # decodes what survives, as MP3 players do
+    assert audio.duration_s > 1.0
+    assert capfd.readouterr().err == ""  # libmpg123's "Note: Illegal Audio-MPEG-Header ..." dropped
+
+
+def test_mp3_garbage_gives_one_error_and_nothing_else_on_stderr(tmp_path, capfd):
+    path = tmp_path / "garbage.mp3"
+    path.write_bytes(np.random.default_rng(0).integers(1, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(NotAudioError, match="not a supported audio file"):
+        load_audio(path)
+    with path.open("rb") as stream:  # a stream's format is unknown: filtered too
+        with pytest.raises(NotAudioError):
+            load_audio(stream)
+    assert capfd.readouterr().err == ""
+
+
+def test_decoder_filter_keeps_other_lines_and_restores_stderr(capfd):
+    before = os.fstat(2)
+    with decoder_stderr_filtered():
+        os.write(2, b"Note: Trying to resync...\nanother thread's line\n")
+        with decoder_stderr_filtered():  # nested: one redirection, ended by the outer block
+            os.write(2, b"[src/libmpg123/layer3.c:INT123_do_layer3():1804] error: dequantization failed!\n")
+        os.write(2, b"still inside\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "another thread's line\nstill inside\nafter\n"
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
+def test_decoder_filter_from_many_threads_restores_stderr(capfd):
+    before = os.fstat(2)
+    barrier = threading.Barrier(4)
+
+    def decode(k):
+        with decoder_stderr_filtered():
+            barrier.wait()  # all four inside at once
+            os.write(2, f"Note: from {k}\nline {k}\n".encode())
+
+    threads = [threading.Thread(target=decode, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert sorted(err.splitlines()) == ["after", "line 0", "line 1", "line 2", "line 3"]
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
 
 
 def test_truncated_flac(tmp_path):

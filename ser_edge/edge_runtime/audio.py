@@ -17,6 +17,7 @@ Window policy (documented once, here):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import BinaryIO, Union
@@ -24,6 +25,7 @@ from typing import BinaryIO, Union
 import numpy as np
 import soundfile as sf
 
+from ser_edge.edge_runtime.decoder_noise import decoder_stderr_filtered
 from ser_edge.edge_runtime.errors import (
     AudioFileNotFoundError,
     AudioTooLongError,
@@ -48,6 +50,7 @@ DEFAULT_HOP_S = 1.0  # hop between sliding windows on long clips
 # What a directory is searched for. libsndfile (bundled with soundfile >= 0.12) decodes
 # all of them; it recognises WAV, FLAC and Ogg by their headers, MP3 by its extension.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+MP3_EXTENSION = ".mp3"
 SUPPORTED_FORMATS = "WAV, FLAC, Ogg Vorbis/Opus or MP3"
 # libsndfile's ways of saying "this is no audio I can read". "does not exist" comes for
 # an existing file whose extension picked a decoder (x.mp3 holding text), so it is
@@ -141,8 +144,12 @@ def load_audio(
             raise AudioFileNotFoundError("no such file", path=name)
         if os.path.isdir(source):
             raise NotAudioError("is a directory, not an audio file", path=name)
+    # Only MP3 decoding (a .mp3 path, or a stream, whose format is not known yet) can
+    # print libmpg123's notes to stderr; WAV/FLAC/Ogg paths skip the redirection.
+    may_be_mp3 = not isinstance(source, (str, os.PathLike)) or os.fspath(source).lower().endswith(MP3_EXTENSION)
+    noise = decoder_stderr_filtered() if may_be_mp3 else contextlib.nullcontext()
     try:
-        with sf.SoundFile(source) as handle:
+        with noise, sf.SoundFile(source) as handle:
             sample_rate = handle.samplerate
             if max_duration_s is not None and handle.frames > max_duration_s * max(sample_rate, 1):
                 raise AudioTooLongError(
