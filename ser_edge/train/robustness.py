@@ -149,25 +149,33 @@ def conditions(snrs_db: Sequence[float], rates: Sequence[int], babble_pool: Sequ
     return out
 
 
+# Colours (matplotlib's C0-C9 minus the two noise curves' C0/C1 and grey C7) and line styles
+# of the level lines in ``plot``.
+LEVEL_COLORS = (2, 3, 4, 5, 6, 8, 9)
+LEVEL_STYLES = (":", "-.", "--")
+
+
 def plot(results: dict[str, float], snrs_db: Sequence[float], path: str) -> None:
+    """Accuracy against SNR for the noises, and a level line (accuracy in the legend) for
+    clean input, each band limit and each codec; the legend sits beside the axes."""
     from ser_edge.train.plots import _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for kind in ("white", "babble"):
         xs = [snr for snr in snrs_db if f"{kind} {snr:g} dB" in results]
         if xs:
             ax.plot(xs, [results[f"{kind} {snr:g} dB"] for snr in xs], marker="o", label=f"{kind} noise")
-    ax.axhline(results["clean"], color="gray", linestyle="--", label="clean")
-    for name, value in results.items():
-        if "band-limited" in name:
-            ax.axhline(value, linestyle=":", label=name, color="C2" if name.startswith("16") else "C3")
-    for color, name in enumerate((name for name in results if name in CODECS), start=4):
-        ax.axhline(results[name], linestyle="-.", label=name, color=f"C{color}")
+    levels = [(name, value) for name, value in results.items() if name == "clean" or "band-limited" in name or name in CODECS]
+    # Line styles cycle within a colour so that equal accuracies (a codec at the clean level) stay visible.
+    for k, (name, value) in enumerate(levels):
+        color = "black" if name == "clean" else f"C{LEVEL_COLORS[k % len(LEVEL_COLORS)]}"
+        style = "-" if name == "clean" else LEVEL_STYLES[k % len(LEVEL_STYLES)]
+        ax.axhline(value, color=color, linestyle=style, linewidth=1.2, label=f"{name} ({value:.1%})")
     ax.set_xlabel("SNR (dB)")
     ax.set_ylabel("accuracy")
     ax.invert_xaxis()
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
