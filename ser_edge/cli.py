@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import click
 
@@ -255,14 +255,19 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
     from ser_edge.edge_runtime.features import FeatureConfig
     from ser_edge.train.augment import AugmentConfig
     from ser_edge.train.data import kfold_splits, split_actors
-    from ser_edge.train.distill import DEFAULT_DISTILL_WEIGHT
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise _fail("--device cuda given but no CUDA device is available", EXIT_USAGE)
+    # Every check that needs no data comes first: preparing the features can take minutes.
+    _check_split_options(folds, only_fold, init_from, init_member, device)
+    wanted = _parse_actors(actors)
+    chosen = pipeline.RECIPES[recipe]
+    split_seed = seed if split_seed is None else split_seed
+    train_config = _distill_settings(
+        chosen.train_config(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                            early_stop_patience=patience, threads=threads,
+                            speaker_adversarial=speaker_adversarial, intensity_aux=intensity_aux,
+                            ema_decay=ema_decay, distill_weight=distill, distill_temperature=distill_temperature),
+        teachers, distill)
     feature_config = FeatureConfig()
     try:
         prepared = pipeline.prepare(data_dir, feature_config, cache_dir=cache_dir, strict=strict)
@@ -273,33 +278,15 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
     present = sorted({c.actor for c in prepared.feature_set.clips})
     if prepared.speakers:
         click.echo("speakers as actors: " + ", ".join(f"{n} = {name}" for n, name in sorted(prepared.speakers.items())))
-        if actors:
+        if wanted:
             raise _fail("--actors is for RAVDESS folders; leave speakers out of the manifest instead", EXIT_USAGE)
-    if actors:
-        try:
-            wanted = {int(a) for a in actors.split(",")}
-        except ValueError:
-            raise _fail(f"--actors must be comma-separated actor numbers, got {actors!r}", EXIT_USAGE) from None
+        if train_config.intensity_aux > 0:
+            raise _fail("the intensity head needs RAVDESS intensities, which a manifest does not give", EXIT_USAGE)
+    if wanted:
         missing = sorted(wanted - set(present))
         if missing:
             raise _fail(f"{data_dir}: no clips of actors {missing}", EXIT_USAGE)
         present = sorted(wanted)
-    chosen = pipeline.RECIPES[recipe]
-    split_seed = seed if split_seed is None else split_seed
-    train_config = chosen.train_config(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
-                                       early_stop_patience=patience, threads=threads,
-                                       speaker_adversarial=speaker_adversarial, intensity_aux=intensity_aux,
-                                       ema_decay=ema_decay, distill_weight=distill, distill_temperature=distill_temperature)
-    if teachers and train_config.distill_weight == 0:
-        if distill is not None:
-            raise _fail("--teacher needs a --distill weight above 0", EXIT_USAGE)
-        train_config = dataclasses.replace(train_config, distill_weight=DEFAULT_DISTILL_WEIGHT)
-    if train_config.distill_weight > 0 and not teachers:
-        raise _fail("--distill needs the teachers' run folders (--teacher)", EXIT_USAGE)
-    if init_member and not init_from:
-        raise _fail("--init-member needs --init-from", EXIT_USAGE)
-    if prepared.speakers and train_config.intensity_aux > 0:
-        raise _fail("the intensity head needs RAVDESS intensities, which a manifest does not give", EXIT_USAGE)
     kwargs = dict(
         feature_config=feature_config,
         train_config=train_config,
@@ -312,13 +299,7 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         if augment else AugmentConfig.off(),
         progress=not quiet,
     )
-    if only_fold is not None and not folds:
-        raise _fail("--only-fold needs --folds", EXIT_USAGE)
-    if folds == 1:
-        raise _fail("--folds must be 0 (one split) or at least 2", EXIT_USAGE)
     if folds:
-        if only_fold is not None and only_fold >= folds:
-            raise _fail(f"--only-fold {only_fold} is not below --folds {folds}", EXIT_USAGE)
         try:
             kfold_splits(present, folds, seed=split_seed)
         except SerEdgeError as exc:
@@ -344,6 +325,47 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         metrics = pipeline.train_split(prepared, split, out_dir, **kwargs)
     click.echo((Path(out_dir) / "report.txt").read_text())
     click.echo(f"run folder: {out_dir} (best epoch {metrics['best_epoch']} of {metrics['epochs_run']})")
+
+
+def _check_split_options(folds: int, only_fold: int | None, init_from: str | None, init_member: int,
+                         device: str) -> None:
+    """``train``'s option combinations that are wrong whatever the data holds."""
+    if only_fold is not None and not folds:
+        raise _fail("--only-fold needs --folds", EXIT_USAGE)
+    if folds == 1:
+        raise _fail("--folds must be 0 (one split) or at least 2", EXIT_USAGE)
+    if folds and only_fold is not None and only_fold >= folds:
+        raise _fail(f"--only-fold {only_fold} is not below --folds {folds}", EXIT_USAGE)
+    if init_member and not init_from:
+        raise _fail("--init-member needs --init-from", EXIT_USAGE)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _fail("--device cuda given but no CUDA device is available", EXIT_USAGE)
+
+
+def _parse_actors(actors: str | None) -> set[int] | None:
+    """``--actors 1,2,3`` as a set of actor numbers (None: all)."""
+    if not actors:
+        return None
+    try:
+        return {int(a) for a in actors.split(",")}
+    except ValueError:
+        raise _fail(f"--actors must be comma-separated actor numbers, got {actors!r}", EXIT_USAGE) from None
+
+
+def _distill_settings(train_config, teachers: Sequence[str], distill: float | None):
+    """``train_config`` with the distillation weight that ``--teacher`` / ``--distill`` ask for."""
+    from ser_edge.train.distill import DEFAULT_DISTILL_WEIGHT
+
+    if teachers and train_config.distill_weight == 0:
+        if distill is not None:
+            raise _fail("--teacher needs a --distill weight above 0", EXIT_USAGE)
+        train_config = dataclasses.replace(train_config, distill_weight=DEFAULT_DISTILL_WEIGHT)
+    if train_config.distill_weight > 0 and not teachers:
+        raise _fail("--distill needs the teachers' run folders (--teacher)", EXIT_USAGE)
+    return train_config
 
 
 @contextlib.contextmanager

@@ -937,3 +937,26 @@ def test_cli_distillation_options(monkeypatch, tmp_path):
         result = runner.invoke(main, [*base, *extra])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert len(seen) == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--only-fold", "2"], "--only-fold needs --folds"),
+    (["--folds", "1"], "--folds must be 0 (one split) or at least 2"),
+    (["--folds", "5", "--only-fold", "5"], "--only-fold 5 is not below --folds 5"),
+    (["--init-member", "1"], "--init-member needs --init-from"),
+    (["--actors", "1,x"], "--actors must be comma-separated actor numbers, got '1,x'"),
+    (["--distill", "0.5"], "--distill needs the teachers' run folders"),
+])
+def test_train_usage_errors_come_before_the_data_is_read(monkeypatch, tmp_path, extra, message):
+    """Preparing the features of a data folder can take minutes: a wrong option combination
+    must fail at once, not after it."""
+    from click.testing import CliRunner
+
+    from ser_edge.cli import main
+    from ser_edge.train import pipeline
+
+    read = []
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: read.append(a))
+    result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), *extra])
+    assert result.exit_code == 2 and f"error: {message}" in result.output and "Traceback" not in result.output
+    assert read == []
