@@ -283,10 +283,10 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         if train_config.intensity_aux > 0:
             raise _fail("the intensity head needs RAVDESS intensities, which a manifest does not give", EXIT_USAGE)
     if wanted:
-        missing = sorted(wanted - set(present))
+        missing = sorted(set(wanted) - set(present))
         if missing:
             raise _fail(f"{data_dir}: no clips of actors {missing}", EXIT_USAGE)
-        present = sorted(wanted)
+        present = wanted
     kwargs = dict(
         feature_config=feature_config,
         train_config=train_config,
@@ -345,16 +345,6 @@ def _check_split_options(folds: int, only_fold: int | None, init_from: str | Non
             raise _fail("--device cuda given but no CUDA device is available", EXIT_USAGE)
 
 
-def _parse_actors(actors: str | None) -> set[int] | None:
-    """``--actors 1,2,3`` as a set of actor numbers (None: all)."""
-    if not actors:
-        return None
-    try:
-        return {int(a) for a in actors.split(",")}
-    except ValueError:
-        raise _fail(f"--actors must be comma-separated actor numbers, got {actors!r}", EXIT_USAGE) from None
-
-
 def _distill_settings(train_config, teachers: Sequence[str], distill: float | None):
     """``train_config`` with the distillation weight that ``--teacher`` / ``--distill`` ask for."""
     from ser_edge.train.distill import DEFAULT_DISTILL_WEIGHT
@@ -381,6 +371,7 @@ def _training_errors(out_dir: str) -> Iterator[None]:
 
 
 def _parse_actors(text: str | None) -> list[int] | None:
+    """``--actors 1,2,3`` as sorted actor numbers (None: all)."""
     if not text:
         return None
     try:

@@ -960,3 +960,16 @@ def test_train_usage_errors_come_before_the_data_is_read(monkeypatch, tmp_path, 
     result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "run"), *extra])
     assert result.exit_code == 2 and f"error: {message}" in result.output and "Traceback" not in result.output
     assert read == []
+
+
+def test_cli_actors_restrict_the_folds_and_name_missing_ones(monkeypatch, tmp_path):
+    from ser_edge.cli import main
+
+    seen = []
+    runner = _cli_with_fake_data(monkeypatch, lambda prepared, folds, out, *, actors, **k: seen.append(actors))
+    base = ["train", str(tmp_path), "--folds", "2", "--quiet", "--actors"]
+    result = runner.invoke(main, [*base, "8,1,2,3,4,6,7,2"])
+    assert result.exit_code == 0, result.output
+    assert seen == [[1, 2, 3, 4, 6, 7, 8]]
+    result = runner.invoke(main, [*base, "1,2,3,4,5,12"])
+    assert result.exit_code == 2 and f"error: {tmp_path}: no clips of actors [5, 12]" in result.output
