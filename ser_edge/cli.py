@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -29,6 +30,31 @@ STDIN = "-"
 def _fail(message: str, code: int = EXIT_INPUT_FAILED) -> "click.exceptions.Exit":
     click.echo(f"error: {message}", err=True)
     return click.exceptions.Exit(code)
+
+
+def _check_output(path: str | None, option: str, *, folder: bool = False) -> None:
+    """Fail now (exit 2), not after minutes of work, where ``path`` could not be written later:
+    the nearest part of it that exists must be a folder we may write in (missing folders are made)."""
+    if path is None:
+        return
+    existing = Path(path).absolute()
+    if not folder:
+        existing = existing.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _fail(f"{option} {path}: {existing} is a file, not a folder", EXIT_USAGE)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _fail(f"{option} {path}: no permission to write in {existing}", EXIT_USAGE)
+
+
+def _write_json(path: str, data: dict) -> None:
+    """``data`` as indented JSON at ``path`` (missing folders made); an OS error is one line."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2))
+    except OSError as exc:
+        raise _fail(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def expand_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, SerEdgeError | None]]:
@@ -256,6 +282,9 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
     from ser_edge.train.augment import AugmentConfig
     from ser_edge.train.data import kfold_splits, split_actors
 
+    _check_output(out_dir, "--out", folder=True)
+    _check_output(cache_dir, "--cache", folder=True)
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Every check that needs no data comes first: preparing the features can take minutes.
     _check_split_options(folds, only_fold, init_from, init_member, device)
@@ -416,6 +445,8 @@ def _run_data_dir(run_dir: str | None, data_dir: str | None) -> str:
 def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir, snr, bandwidth, plot_path, codecs,
              manifest_path) -> None:
     """Classification report on held-out actors, for a run or an ONNX model (or on your own clips: --manifest)."""
+    _check_output(json_out, "--json")
+    _check_output(plot_path, "--plot")
     if manifest_path:
         _evaluate_manifest(run_dir, model_path, manifest_path, threads, json_out,
                            {"--data": data_dir, "--actors": actors, "--snr": snr, "--codecs": codecs})
@@ -448,7 +479,7 @@ def evaluate(run_dir, model_path, data_dir, actors, threads, json_out, cache_dir
         if codec_kbps:
             summary["codec_kbps"] = codec_kbps
     if json_out:
-        Path(json_out).write_text(json.dumps(summary, indent=2))
+        _write_json(json_out, summary)
 
 
 def _print_evaluation(result) -> None:
@@ -472,7 +503,7 @@ def _evaluate_manifest(run_dir, model_path, manifest_path, threads, json_out, ra
         raise _fail(str(exc), EXIT_USAGE if isinstance(exc, ModelError) else EXIT_INPUT_FAILED) from None
     _print_evaluation(result)
     if json_out:
-        Path(json_out).write_text(json.dumps(result.summary, indent=2))
+        _write_json(json_out, result.summary)
     if result.skipped:
         raise click.exceptions.Exit(EXIT_INPUT_FAILED)
 
@@ -513,6 +544,7 @@ def _robustness(model_path, data, actors, threads, snrs, rates, codecs, plot_pat
         measured = f"  ({kbps[name]:.1f} kbps measured)" if name in kbps else ""
         click.echo(f"{name:<24} {accuracy:.3f}{measured}")
     if plot_path:
+        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
         robustness.plot(results, snrs, plot_path)
     return results, kbps
 
@@ -537,6 +569,8 @@ def export(run_dirs, out_path, data_dir, quantize, no_calibrate, weights, cache_
 
     for run_dir in run_dirs:  # as evaluate says it, before anything is loaded
         _run_config(run_dir)
+    _check_output(out_path, "--out")
+    _check_output(cache_dir, "--cache", folder=True)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ser_edge").setLevel(logging.INFO)
     try:
@@ -545,7 +579,7 @@ def export(run_dirs, out_path, data_dir, quantize, no_calibrate, weights, cache_
     except SerEdgeError as exc:
         raise _fail(str(exc)) from None
     summary = report.to_dict()
-    Path(out_path).with_suffix(".export.json").write_text(json.dumps(summary, indent=2))
+    _write_json(str(Path(out_path).with_suffix(".export.json")), summary)
     parity = report.parity
     click.echo(f"wrote {out_path}: parity max |diff| {parity.max_abs_diff:.1e} over {parity.n} test-actor windows "
                f"(batches {list(parity.batches)}; onnx.reference {parity.reference_max_abs_diff:.1e}), argmax equal")
@@ -571,6 +605,11 @@ def bench(model_path, int8_model, repeats, no_torch, targets, json_out) -> None:
     """Latency per stage, batch/thread scaling, cold start, memory and install size."""
     from ser_edge.bench import BenchConfig, markdown, run
 
+    _check_output(json_out, "--json")
+    try:
+        target_limits = json.loads(Path(targets).read_text()) if targets else None
+    except (OSError, ValueError) as exc:  # read before the minutes of measuring, not after
+        raise _fail(f"--targets {targets}: not a readable JSON file ({exc})", EXIT_USAGE) from None
     config = BenchConfig(model=model_path, int8_model=int8_model, repeats=repeats, warmup=max(1, repeats // 10),
                          torch_reference=not no_torch)
     try:
@@ -578,8 +617,8 @@ def bench(model_path, int8_model, repeats, no_torch, targets, json_out) -> None:
     except SerEdgeError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     if json_out:
-        Path(json_out).write_text(json.dumps(results, indent=2))
-    click.echo(markdown(results, json.loads(Path(targets).read_text()) if targets else None), nl=False)
+        _write_json(json_out, results)
+    click.echo(markdown(results, target_limits), nl=False)
 
 
 if __name__ == "__main__":

@@ -241,7 +241,7 @@ def test_training_commands_fail_in_one_line(tmp_path):
     cases = [
         (["train", str(tmp_path / "missing")], 1, "data folder does not exist"),
         (["train", str(tmp_path / "empty")], 1, "no RAVDESS speech clips"),
-        (["train", str(tmp_path / "empty"), "--only-fold", "1"], 1, "no RAVDESS speech clips"),
+        (["train", str(tmp_path / "empty"), "--only-fold", "1"], 2, "--only-fold needs --folds"),  # usage before data
         (["evaluate"], 2, "give either RUN_DIR or --model"),
         (["evaluate", str(tmp_path / "empty")], 2, "not a run folder"),
         (["export", str(tmp_path / "empty"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path)], 2, "not a run folder"),

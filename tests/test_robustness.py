@@ -91,17 +91,18 @@ def test_evaluate_cli_reports_codecs_with_their_bitrate(tiny_model, tmp_path):
             path = data / f"Actor_{actor:02d}" / f"03-01-{emotion:02d}-01-01-01-{actor:02d}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, tone(hz, 2.0, 48_000), 48_000)
-    out = tmp_path / "robust.json"
+    out = tmp_path / "reports" / "robust.json"  # folders that do not exist yet are made
+    plot = tmp_path / "plots" / "robust.png"
     result = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model), "--data", str(data), "--snr", "20",
                                        "--bandwidth", "", "--codecs", "opus-32k,mp3-96k", "--json", str(out),
-                                       "--plot", str(tmp_path / "robust.png")])
+                                       "--plot", str(plot)])
     assert result.exit_code == 0, result.output
     summary = json.loads(out.read_text())
     assert list(summary["robustness"]) == ["clean", "white 20 dB", "opus-32k", "mp3-96k"]  # no --actors: no babble
     assert summary["robustness"]["clean"] == 1.0
     assert set(summary["codec_kbps"]) == {"opus-32k", "mp3-96k"} and all(v > 0 for v in summary["codec_kbps"].values())
     assert f"opus-32k                 {summary['robustness']['opus-32k']:.3f}  (" in result.output
-    assert (tmp_path / "robust.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # noise curve, codec lines
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # noise curve, codec lines
     unknown = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model), "--data", str(data), "--snr", "20",
                                         "--codecs", "aac-64k"])
     assert unknown.exit_code == 2 and "--codecs: unknown codecs ['aac-64k']" in unknown.output

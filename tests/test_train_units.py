@@ -973,3 +973,40 @@ def test_cli_actors_restrict_the_folds_and_name_missing_ones(monkeypatch, tmp_pa
     assert seen == [[1, 2, 3, 4, 6, 7, 8]]
     result = runner.invoke(main, [*base, "1,2,3,4,5,12"])
     assert result.exit_code == 2 and f"error: {tmp_path}: no clips of actors [5, 12]" in result.output
+
+
+def test_outputs_that_cannot_be_written_fail_before_any_work(monkeypatch, tmp_path):
+    """A file where a folder must be: one line and exit 2 before features, training, export
+    or benchmarks run, not a traceback minutes later."""
+    from click.testing import CliRunner
+
+    from ser_edge import bench
+    from ser_edge.cli import main
+    from ser_edge.export import exporter
+    from ser_edge.train import pipeline
+
+    worked = []
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: worked.append("prepare"))
+    monkeypatch.setattr(exporter, "export_run", lambda *a, **k: worked.append("export"))
+    monkeypatch.setattr(bench, "run", lambda *a, **k: worked.append("bench"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    bad_targets = tmp_path / "targets.json"
+    bad_targets.write_text("{not json")
+    cases = [
+        (["train", str(tmp_path), "--out", f"{blocker}/run"], f"--out {blocker}/run: {blocker} is a file, not a folder"),
+        (["train", str(tmp_path), "--cache", f"{blocker}/c"], f"--cache {blocker}/c: {blocker} is a file, not a folder"),
+        (["export", str(run), "--out", f"{blocker}/m.onnx"], f"--out {blocker}/m.onnx: {blocker} is a file"),
+        (["evaluate", "--model", "m.onnx", "--json", f"{blocker}/x/y.json"], f"--json {blocker}/x/y.json: {blocker} is a file"),
+        (["evaluate", "--model", "m.onnx", "--snr", "20", "--plot", f"{blocker}/p.png"], f"--plot {blocker}/p.png: {blocker} is a file"),
+        (["bench", "--json", f"{blocker}/b.json"], f"--json {blocker}/b.json: {blocker} is a file"),
+        (["bench", "--targets", str(bad_targets)], f"--targets {bad_targets}: not a readable JSON file"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert f"error: {message}" in result.output and "Traceback" not in result.output
+    assert worked == []
