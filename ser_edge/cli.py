@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,6 +20,7 @@ import click
 
 from ser_edge.edge_runtime.audio import AUDIO_EXTENSIONS, DEFAULT_HOP_S, MAX_DURATION_S, MIN_DURATION_S
 from ser_edge.edge_runtime.errors import EmptyAudioError, ModelError, NotAudioError, SerEdgeError
+from ser_edge.outputs import why_unwritable
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -33,19 +33,10 @@ def _fail(message: str, code: int = EXIT_INPUT_FAILED) -> "click.exceptions.Exit
 
 
 def _check_output(path: str | None, option: str, *, folder: bool = False) -> None:
-    """Fail now (exit 2), not after minutes of work, where ``path`` could not be written later:
-    the nearest part of it that exists must be a folder we may write in (missing folders are made)."""
-    if path is None:
-        return
-    existing = Path(path).absolute()
-    if not folder:
-        existing = existing.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise _fail(f"{option} {path}: {existing} is a file, not a folder", EXIT_USAGE)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise _fail(f"{option} {path}: no permission to write in {existing}", EXIT_USAGE)
+    """Fail now (exit 2), not after minutes of work, where ``path`` could not be written later."""
+    problem = why_unwritable(path, folder=folder) if path is not None else None
+    if problem:
+        raise _fail(f"{option} {path}: {problem}", EXIT_USAGE)
 
 
 def _write_json(path: str, data: dict) -> None:

@@ -1010,3 +1010,28 @@ def test_outputs_that_cannot_be_written_fail_before_any_work(monkeypatch, tmp_pa
         assert result.exit_code == 2, (args, result.output)
         assert f"error: {message}" in result.output and "Traceback" not in result.output
     assert worked == []
+
+
+def test_why_unwritable_names_the_file_in_the_way(tmp_path):
+    from ser_edge.outputs import why_unwritable
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert why_unwritable(tmp_path / "new" / "deeper" / "x.json") is None  # missing folders are made later
+    assert why_unwritable(tmp_path / "run", folder=True) is None
+    assert why_unwritable(blocker / "x.json") == f"{blocker} is a file, not a folder"
+    assert why_unwritable(blocker / "a" / "b", folder=True) == f"{blocker} is a file, not a folder"
+    assert why_unwritable(blocker, folder=True) == f"{blocker} is a file, not a folder"
+
+
+def test_rebuild_refuses_an_unwritable_folder_before_training(monkeypatch, tmp_path, capsys):
+    from ser_edge.train import rebuild
+
+    monkeypatch.setattr(rebuild, "train_members", lambda *a, **k: pytest.fail("trained before checking its folders"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for option in ("--out-dir", "--run-dir", "--cache"):
+        with pytest.raises(SystemExit) as exit_info:
+            rebuild.main(["--data", str(tmp_path), option, str(blocker / "x")])
+        assert exit_info.value.code == 2
+        assert f"error: {option} {blocker / 'x'}: {blocker} is a file, not a folder" in capsys.readouterr().err

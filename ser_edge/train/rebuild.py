@@ -134,7 +134,8 @@ def ship(args: argparse.Namespace, members: list[Path], out_dir: Path) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     from ser_edge.edge_runtime.errors import SerEdgeError
     from ser_edge.export.exporter import WEIGHT_DTYPES
-    from ser_edge.train.pipeline import SHIPPED_RECIPE, SHIPPED_SEEDS, SHIPPED_WEIGHTS
+    from ser_edge.outputs import why_unwritable
+    from ser_edge.train.pipeline import RECIPES, SHIPPED_RECIPE, SHIPPED_SEEDS, SHIPPED_WEIGHTS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="RAVDESS speech folder")
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=",".join(map(str, SHIPPED_SEEDS)),
                         help="comma-separated seeds, one ensemble member each (default: %(default)s)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the actor split (default: %(default)s)")
-    parser.add_argument("--recipe", default=SHIPPED_RECIPE, help="training recipe (default: %(default)s)")
+    parser.add_argument("--recipe", default=SHIPPED_RECIPE, choices=sorted(RECIPES), metavar="RECIPE",
+                        help="training recipe, one of train/pipeline.py's RECIPES (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)),
                         help="member runs trained at once (default: %(default)s)")
     parser.add_argument("--epochs", type=int, help="epoch cap (default: the recipe's; only for quick checks)")
@@ -158,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if len(set(seeds)) != len(seeds) or args.jobs < 1:
         parser.error("--seeds must be distinct and --jobs at least 1")
+    for option, folder in (("--run-dir", args.run_dir), ("--out-dir", args.out_dir), ("--cache", args.cache)):
+        problem = why_unwritable(folder, folder=True)  # now, not after hours of training
+        if problem:
+            parser.error(f"{option} {folder}: {problem}")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ser_edge").setLevel(logging.INFO)
 
