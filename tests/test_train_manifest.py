@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
@@ -126,14 +127,20 @@ def test_train_export_classify_on_a_manifest(tmp_path):
             f"test speakers {names['test']}") in described.output
     assert f"on {metrics['test']['n']} clips of speakers {names['test']}" in described.output
 
-    # Fine-tuning: a second run starts from the exported model (same labels: classifier too).
+    # Fine-tuning: a second run starts from the exported model (same labels: classifier too), on
+    # another split (--seed 1), so that a scaler fitted on its training speakers would differ.
     tuned_dir = tmp_path / "tuned"
     tuned = runner.invoke(main, ["train", str(manifest), "--out", str(tuned_dir), "--epochs", "1", "--cache", str(cache),
-                                 "--quiet", "--threads", "1", "--init-from", str(model)])
+                                 "--quiet", "--threads", "1", "--seed", "1", "--init-from", str(model)])
     assert tuned.exit_code == 0, tuned.output
     started = json.loads((tuned_dir / "config.json").read_text())["init_from"]
     assert started["model"] == str(model.resolve()) and started["member"] == 0 and started["labels"] == ["high", "low", "mid"]
-    assert started["license"] == clf.metadata["license"]
+    assert started["license"] == clf.metadata["license"] and started["scaler"] == "the model's"
+    from ser_edge.train.scaler import Scaler
+
+    first, kept = Scaler.load(run_dir / "scaler.npz"), Scaler.load(tuned_dir / "scaler.npz")
+    np.testing.assert_array_equal(kept.mean, first.mean)  # the model's own, not refitted on the new run
+    np.testing.assert_allclose(kept.scale, first.scale, rtol=1e-6)  # stored as its inverse in the file
     wrong_member = runner.invoke(main, ["train", str(manifest), "--out", str(tmp_path / "w"), "--epochs", "1",
                                         "--cache", str(cache), "--init-from", str(model), "--init-member", "3"])
     assert wrong_member.exit_code == 1 and f"error: {model.resolve()}: has 1 member(s)" in wrong_member.output

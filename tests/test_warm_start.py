@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,21 @@ def test_same_labels_copy_the_classifier_too():
     assert warm_start.initialise(model, source, LABELS, FeatureConfig()) is True
     member = read_onnx_members(source["model"])[0].models[0]
     torch.testing.assert_close(model.classifier.weight, member.classifier.weight, rtol=0, atol=0)
+
+
+def test_the_scaler_comes_from_the_file():
+    import onnx
+    from onnx import numpy_helper
+
+    source = warm_start.describe("default", 0)
+    scaler = warm_start.source_scaler(source, FeatureConfig())
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(source["model"]).graph.initializer}
+    assert scaler.mean.shape == scaler.scale.shape == (FeatureConfig().n_mels, FeatureConfig().n_frames)
+    np.testing.assert_array_equal(scaler.mean, stored["mean"].reshape(scaler.mean.shape).astype(np.float32))
+    np.testing.assert_allclose(scaler.scale * stored["inv_scale"].reshape(scaler.mean.shape), 1.0, rtol=1e-6)
+    assert scaler.scale.min() > 0 and scaler.scale.std() > 0  # a real fit, not ones
+    with pytest.raises(warm_start.WarmStartError, match="feature settings differ"):
+        warm_start.source_scaler(source, SMALL_FEATURES)
 
 
 def test_what_cannot_seed_a_run_is_refused_in_one_line(tmp_path):

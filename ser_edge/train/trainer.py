@@ -450,7 +450,10 @@ class Trainer:
             previous = self.check_resumable(config)  # before anything in the folder is overwritten
             if previous is not None:
                 config = resumed_config(config, previous)
-        scaler = Scaler.fit(self.fs.features, self.rows["train"])
+        if self.init_source is not None:  # fine-tuning: the normalisation the starting weights learned with
+            scaler = warm_start.source_scaler(self.init_source, self.fc)
+        else:
+            scaler = Scaler.fit(self.fs.features, self.rows["train"])
         if self.teacher_dirs:
             self.teachers = load_teachers(self.teacher_dirs, self.split, self.fc, scaler, self.tc.device)
         scaler.save(self.run_dir / "scaler.npz")

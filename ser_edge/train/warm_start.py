@@ -5,7 +5,10 @@ member of the file (``--init-member``, default 0) into the new model before the 
 epoch: every weight, and the classifier too when the file's labels are the run's own (else
 the classifier starts fresh). The file must have the run's features and the recipe's
 architecture; its members are rebuilt from its own weights (``export/onnx_weights.py``). The
-scaler is fitted on the run's training speakers as usual. The run's ``config.json`` records
+run keeps the file's scaler too (:func:`source_scaler`) instead of fitting one on its own
+training speakers: the weights expect inputs normalised as they were in their training, and
+a few clips give a noisy fit. On 4 unseen actors with one training speaker per fold this
+lifted fine-tuned CV accuracy from 29.5% to 37.5% (MODEL_CARD.md). The run's ``config.json`` records
 the file's digest, member, labels and license: weights fine-tuned from a RAVDESS-trained
 model are derived from it and carry its license.
 """
@@ -18,10 +21,12 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.export.exporter import ExportError
+from ser_edge.train.scaler import Scaler
 
 DIGEST_HEX_CHARS = 16
 DEFAULT_MODEL = "default"  # --init-from default: the model shipped in the package
@@ -55,18 +60,34 @@ def describe(model: str | os.PathLike, member: int) -> dict[str, Any]:
         "labels": json.loads(props["labels"]),
         "model_version": props.get("model_version", ""),
         "license": props.get("license", ""),
+        "scaler": "the model's",  # source_scaler: kept, not fitted on the run's training speakers
     }
 
 
-def initialise(model: torch.nn.Module, source: dict[str, Any], labels: Sequence[str], feature_config: FeatureConfig) -> bool:
-    """Copy ``source``'s member (:func:`describe`) into ``model``; whether the classifier came too."""
+def _source_wrapper(source: dict[str, Any], feature_config: FeatureConfig):
+    """The ``ExportWrapper`` rebuilt from ``source``'s file, checked against the run's features."""
     from ser_edge.export.onnx_weights import read_onnx_members
 
     path = source["model"]
     wrapper, file_features, _ = read_onnx_members(path)
     if file_features != feature_config:
         raise WarmStartError("its feature settings differ from this run's; fine-tuning needs the same features", path=path)
-    members = list(wrapper.models)
+    return wrapper
+
+
+def source_scaler(source: dict[str, Any], feature_config: FeatureConfig) -> Scaler:
+    """The scaler folded into ``source``'s file (:func:`describe`): its mean, and its scale as
+    the inverse of the stored inverse."""
+    wrapper = _source_wrapper(source, feature_config)
+    mean = wrapper.mean[0, 0].numpy().astype(np.float32)
+    scale = (1.0 / wrapper.inv_scale[0, 0].double()).numpy().astype(np.float32)
+    return Scaler(mean, scale)
+
+
+def initialise(model: torch.nn.Module, source: dict[str, Any], labels: Sequence[str], feature_config: FeatureConfig) -> bool:
+    """Copy ``source``'s member (:func:`describe`) into ``model``; whether the classifier came too."""
+    path = source["model"]
+    members = list(_source_wrapper(source, feature_config).models)
     if not 0 <= source["member"] < len(members):
         raise WarmStartError(f"has {len(members)} member(s); --init-member {source['member']} is not one", path=path)
     weights = members[source["member"]].state_dict()
