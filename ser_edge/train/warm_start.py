@@ -8,7 +8,7 @@ architecture; its members are rebuilt from its own weights (``export/onnx_weight
 run keeps the file's scaler too (:func:`source_scaler`) instead of fitting one on its own
 training speakers: the weights expect inputs normalised as they were in their training, and
 a few clips give a noisy fit. On 4 unseen actors with one training speaker per fold this
-lifted fine-tuned CV accuracy from 29.5% to 37.5% (MODEL_CARD.md). The run's ``config.json`` records
+lifted fine-tuned CV accuracy from 29.5% to 39.3% (MODEL_CARD.md, "Intended use and limits"). The run's ``config.json`` records
 the file's digest, member, labels and license: weights fine-tuned from a RAVDESS-trained
 model are derived from it and carry its license.
 """
