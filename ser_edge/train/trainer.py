@@ -303,7 +303,7 @@ class Trainer:
         if bool(self.teacher_dirs) != (train_config.distill_weight > 0):
             raise ValueError("distillation needs both teacher runs and a distill weight above 0 "
                              f"(got {len(self.teacher_dirs)} teachers, weight {train_config.distill_weight})")
-        self.teachers: Teachers | None = None  # loaded by run(), once the scaler is fitted
+        self.teachers: Teachers | None = None  # loaded by run(), once the scaler is fitted (or kept)
         self.rows = {name: feature_set.rows_for_actors(getattr(split, name)) for name in ("train", "val", "test")}
         for name, rows in self.rows.items():
             if len(rows) == 0 and name != "test":
