@@ -15,6 +15,7 @@ model are derived from it and carry its license.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -64,12 +65,19 @@ def describe(model: str | os.PathLike, member: int) -> dict[str, Any]:
     }
 
 
-def _source_wrapper(source: dict[str, Any], feature_config: FeatureConfig):
-    """The ``ExportWrapper`` rebuilt from ``source``'s file, checked against the run's features."""
+@functools.lru_cache(maxsize=1)
+def _read_members(path: str, sha256: str):
+    """``read_onnx_members(path)``, once per file and digest: the scaler and the weights of a run
+    (and of every fold of a cross-validation) come from one read. Callers copy, never modify."""
     from ser_edge.export.onnx_weights import read_onnx_members
 
+    return read_onnx_members(path)
+
+
+def _source_wrapper(source: dict[str, Any], feature_config: FeatureConfig):
+    """The ``ExportWrapper`` rebuilt from ``source``'s file, checked against the run's features."""
     path = source["model"]
-    wrapper, file_features, _ = read_onnx_members(path)
+    wrapper, file_features, _ = _read_members(path, source["sha256"])
     if file_features != feature_config:
         raise WarmStartError("its feature settings differ from this run's; fine-tuning needs the same features", path=path)
     return wrapper
