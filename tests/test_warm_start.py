@@ -87,3 +87,30 @@ def test_an_export_says_which_license_its_weights_carry(tmp_path):
     assert weights_license({"data_root": manifest}) == "the training data's terms (trained from scratch on the clips of a CSV manifest)"
     tuned = weights_license({"data_root": manifest, "init_from": warm_start.describe("default", 0)})
     assert tuned.startswith("CC BY-NC-SA 4.0") and tuned.endswith("fine-tuned on the clips of a CSV manifest, whose terms apply too")
+
+
+def test_a_run_reads_the_file_once_and_refuses_it_changed(tmp_path, monkeypatch):
+    import shutil
+
+    import onnx
+
+    from ser_edge.export import onnx_weights
+    from ser_edge.edge_runtime.session import default_model_path
+
+    path = tmp_path / "model.onnx"
+    shutil.copyfile(default_model_path(), path)
+    reads = []
+    real_read = onnx_weights.read_model_bytes
+    monkeypatch.setattr(onnx_weights, "read_model_bytes", lambda *a, **k: reads.append(a[0]) or real_read(*a, **k))
+    source = warm_start.describe(path, 0)
+    warm_start.source_scaler(source, FeatureConfig())
+    model = build_model(shipped_architecture(len(LABELS)), FeatureConfig(), "cpu")
+    warm_start.initialise(model, source, LABELS, FeatureConfig())
+    assert len(reads) == 1  # metadata, digest, scaler and weights from one read
+
+    changed = onnx.load(path)
+    onnx.helper.set_model_props(changed, {p.key: p.value for p in changed.metadata_props} | {"note": "edited"})
+    onnx.save(changed, path)
+    with pytest.raises(warm_start.WarmStartError, match="changed since the run read it"):
+        warm_start.source_scaler(source, FeatureConfig())
+    assert warm_start.describe(path, 0)["sha256"] != source["sha256"]

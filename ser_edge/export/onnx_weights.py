@@ -108,23 +108,42 @@ def rebuild_wrapper(model):
 def load_model_file(path: str | os.PathLike, error: type[ExportError] | None = None):
     """The ``onnx.ModelProto`` at ``path``; a missing file or one that is not a model raises
     ``error`` (default :class:`OnnxWeightsError`) naming the file."""
-    import onnx
+    return load_model_bytes(read_model_bytes(path, error), path, error)
 
+
+def read_model_bytes(path: str | os.PathLike, error: type[ExportError] | None = None) -> bytes:
+    """The bytes of the model file at ``path``; a missing or unreadable file raises ``error``."""
     error = error or OnnxWeightsError
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise error("no such model file", path=path)
     try:
-        return onnx.load(path)
-    except Exception as exc:  # onnx raises DecodeError and others for files that are not models
-        raise error(f"not an ONNX model ({type(exc).__name__})", path=path) from exc
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise error(f"cannot read it ({exc.strerror or type(exc).__name__})", path=path) from exc
 
 
-def read_onnx_members(path: str | os.PathLike):
-    """``(wrapper, feature_config, metadata)`` of the ser-edge ONNX file at ``path``
+def load_model_bytes(data: bytes, path: str | os.PathLike, error: type[ExportError] | None = None):
+    """The ``onnx.ModelProto`` in ``data``, read from ``path``; not a model raises ``error``."""
+    import onnx
+
+    error = error or OnnxWeightsError
+    try:
+        return onnx.load_model_from_string(data)
+    except Exception as exc:  # onnx raises DecodeError and others for bytes that are not a model
+        raise error(f"not an ONNX model ({type(exc).__name__})", path=os.fspath(path)) from exc
+
+
+def members_of(model, path: str | os.PathLike):
+    """``(wrapper, feature_config, metadata)`` of the ser-edge ``ModelProto`` read from ``path``
     (:func:`rebuild_wrapper`); errors name the file."""
-    model = load_model_file(path)
     try:
         return rebuild_wrapper(model)
     except OnnxWeightsError as exc:
         raise OnnxWeightsError(exc.problem, path=os.fspath(path)) from None
+
+
+def read_onnx_members(path: str | os.PathLike):
+    """``(wrapper, feature_config, metadata)`` of the ser-edge ONNX file at ``path``."""
+    return members_of(load_model_file(path), path)

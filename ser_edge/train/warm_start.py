@@ -48,15 +48,14 @@ def resolve(model: str | os.PathLike) -> Path:
 
 def describe(model: str | os.PathLike, member: int) -> dict[str, Any]:
     """What a run started from ``model`` records in its config (read from the file's metadata)."""
-    from ser_edge.export.onnx_weights import load_model_file
-
     path = resolve(model)
-    props = {p.key: p.value for p in load_model_file(path, WarmStartError).metadata_props}
+    digest, proto = _load(path)
+    props = {p.key: p.value for p in proto.metadata_props}
     if "labels" not in props:
         raise WarmStartError("not a ser-edge model (no labels in its metadata)", path=str(path))
     return {
         "model": str(path.resolve()),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:DIGEST_HEX_CHARS],
+        "sha256": digest,
         "member": member,
         "labels": json.loads(props["labels"]),
         "model_version": props.get("model_version", ""),
@@ -65,13 +64,40 @@ def describe(model: str | os.PathLike, member: int) -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=1)
-def _read_members(path: str, sha256: str):
-    """``read_onnx_members(path)``, once per file and digest: the scaler and the weights of a run
-    (and of every fold of a cross-validation) come from one read. Callers copy, never modify."""
-    from ser_edge.export.onnx_weights import read_onnx_members
+def _load(path: Path) -> tuple[str, Any]:
+    """``(sha256 prefix, ModelProto)`` of the file at ``path``, from one read of it, reused
+    while the file's size and modification time stay the same."""
+    if not path.is_file():
+        raise WarmStartError("no such model file", path=str(path))
+    stat = path.stat()
+    return _load_version(str(path.resolve()), (stat.st_mtime_ns, stat.st_size))
 
-    return read_onnx_members(path)
+
+@functools.lru_cache(maxsize=1)
+def _load_version(path: str, version: tuple[int, int]) -> tuple[str, Any]:
+    from ser_edge.export.onnx_weights import load_model_bytes, read_model_bytes
+
+    data = read_model_bytes(path, WarmStartError)
+    return hashlib.sha256(data).hexdigest()[:DIGEST_HEX_CHARS], load_model_bytes(data, path, WarmStartError)
+
+
+def _read_members(path: str, sha256: str):
+    """The members of the file :func:`describe` read, rebuilt once per file and digest: the
+    scaler and the weights of a run (and of every fold of a cross-validation) come from one
+    read and one rebuild. A file changed since :func:`describe` is refused (the run's config
+    records the digest it saw). Callers copy, never modify."""
+    digest, _ = _load(Path(path))
+    if digest != sha256:
+        raise WarmStartError(f"changed since the run read it (sha256 {digest}, not {sha256}); "
+                             "start the run again", path=path)
+    return _rebuild(path, digest)
+
+
+@functools.lru_cache(maxsize=1)
+def _rebuild(path: str, sha256: str):
+    from ser_edge.export.onnx_weights import members_of
+
+    return members_of(_load(Path(path))[1], path)
 
 
 def _source_wrapper(source: dict[str, Any], feature_config: FeatureConfig):
