@@ -14,6 +14,10 @@ def why_unwritable(path: str | os.PathLike, *, folder: bool = False) -> str | No
     """
     existing = Path(path).absolute()
     if not folder:
+        if existing.is_dir():
+            return f"{existing} is a folder, not a file"
+        if existing.exists() and not os.access(existing, os.W_OK):
+            return f"no permission to write {existing}"
         existing = existing.parent
     while not existing.exists():
         existing = existing.parent

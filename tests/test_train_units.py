@@ -1022,6 +1022,29 @@ def test_why_unwritable_names_the_file_in_the_way(tmp_path):
     assert why_unwritable(blocker / "x.json") == f"{blocker} is a file, not a folder"
     assert why_unwritable(blocker / "a" / "b", folder=True) == f"{blocker} is a file, not a folder"
     assert why_unwritable(blocker, folder=True) == f"{blocker} is a file, not a folder"
+    assert why_unwritable(tmp_path, folder=True) is None
+    assert why_unwritable(tmp_path) == f"{tmp_path} is a folder, not a file"  # a report cannot replace a folder
+    assert why_unwritable(blocker) is None  # an existing file is overwritten
+
+
+def test_why_unwritable_names_what_this_process_may_not_write(tmp_path, monkeypatch):
+    """The permission branch. Sessions run as root, for whom every mode bit allows writing,
+    so the test denies access through ``os.access``, the call the check makes."""
+    import os
+
+    from ser_edge import outputs
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    real_access = os.access
+    denied = {str(locked), str(report)}
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode: str(path) not in denied and real_access(path, mode))
+    assert outputs.why_unwritable(locked / "new" / "x.json") == f"no permission to write in {locked}"
+    assert outputs.why_unwritable(locked, folder=True) == f"no permission to write in {locked}"
+    assert outputs.why_unwritable(report) == f"no permission to write {report}"
+    assert outputs.why_unwritable(tmp_path / "other.json") is None
 
 
 def test_rebuild_refuses_an_unwritable_folder_before_training(monkeypatch, tmp_path, capsys):
