@@ -49,11 +49,16 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def expand_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, SerEdgeError | None]]:
-    """Files as given; directories expanded recursively to their audio files (``AUDIO_EXTENSIONS``)."""
+    """Files as given; directories expanded recursively to their audio files (``AUDIO_EXTENSIONS``).
+
+    Below a directory, hidden files and folders (``.git``, macOS's ``._clip.wav`` resource
+    forks) are skipped; links to audio files are followed, and a broken one is reported."""
     for raw in paths:
         path = Path(raw)
         if raw != STDIN and path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS
+                           and (p.is_file() or p.is_symlink())
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
                 yield raw, NotAudioError(f"directory holds no audio files ({', '.join(AUDIO_EXTENSIONS)})", path=raw)
             for file in found:

@@ -223,6 +223,15 @@ def test_zero_samples(tmp_path):
         load_audio(tmp_path / "empty.wav")
 
 
+def test_empty_file_and_broken_link(tmp_path):
+    (tmp_path / "zero.wav").write_bytes(b"")
+    with pytest.raises(EmptyAudioError, match=r"file is empty \(0 bytes\)"):
+        load_audio(tmp_path / "zero.wav")
+    (tmp_path / "link.wav").symlink_to(tmp_path / "elsewhere.wav")
+    with pytest.raises(AudioFileNotFoundError, match="broken link"):
+        load_audio(tmp_path / "link.wav")
+
+
 def test_all_zero(tmp_path):
     sf.write(tmp_path / "silent.wav", np.zeros(48_000, np.float32), 48_000)
     with pytest.raises(SilentAudioError, match="all zeros"):

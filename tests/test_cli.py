@@ -131,6 +131,30 @@ def test_directories_take_ogg_opus_and_mp3_too(tiny_model, tmp_path):
     assert {r["label"] for r in rows} == {"neutral"}  # 300 Hz survives each codec
 
 
+def test_directories_skip_hidden_entries_and_name_broken_files(tiny_model, tmp_path):
+    """Below a directory: .git and macOS's ._ resource forks are not inputs; a broken link
+    and a 0-byte file are each one error, and the good clips are still classified."""
+    folder = tmp_path / "clips"
+    (folder / ".git").mkdir(parents=True)
+    x = tone(300, 1.5, 48_000)
+    sf.write(folder / "a.wav", x, 48_000)
+    sf.write(folder / ".git" / "b.wav", x, 48_000)
+    (folder / "._a.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "gone.wav").symlink_to("moved.wav")
+    result = run("classify", folder, "--model", tiny_model, "--json")
+    assert result.exit_code == 1, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(Path(r["path"]).name, r.get("label"), r.get("error_code")) for r in rows] == [
+        ("a.wav", "neutral", None), ("empty.wav", None, "empty"), ("gone.wav", None, "not_found")]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {folder / 'empty.wav'}: file is empty (0 bytes)",
+        f"error: {folder / 'gone.wav'}: broken link (to moved.wav)",
+    ]
+    hidden = run("classify", folder / ".git" / "b.wav", "--model", tiny_model)  # named, it is an input
+    assert hidden.exit_code == 0 and "neutral" in hidden.stdout
+
+
 def test_each_error_is_one_line(tiny_model, tmp_path):
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()

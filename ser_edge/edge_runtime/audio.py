@@ -141,9 +141,13 @@ def load_audio(
     name = _name(source)
     if isinstance(source, (str, os.PathLike)):
         if not os.path.exists(source):
+            if os.path.islink(source):
+                raise AudioFileNotFoundError(f"broken link (to {os.readlink(source)})", path=name)
             raise AudioFileNotFoundError("no such file", path=name)
         if os.path.isdir(source):
             raise NotAudioError("is a directory, not an audio file", path=name)
+        if os.path.getsize(source) == 0:
+            raise EmptyAudioError("file is empty (0 bytes)", path=name)
     # Only MP3 decoding (a .mp3 path, or a stream, whose format is not known yet) can
     # print libmpg123's notes to stderr; WAV/FLAC/Ogg paths skip the redirection.
     may_be_mp3 = not isinstance(source, (str, os.PathLike)) or os.fspath(source).lower().endswith(MP3_EXTENSION)
