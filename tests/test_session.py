@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ser_edge.edge_runtime import EmotionClassifier, FeatureConfig
-from ser_edge.edge_runtime.errors import ModelError, SilentAudioError
+from ser_edge.edge_runtime.errors import ModelError, NotAudioError, SilentAudioError
 
 from conftest import LABELS, band_model, tone
 
@@ -57,6 +57,14 @@ def test_stereo_array_is_mixed_down(tiny_model):
     mono = tone(HIGH_HZ, 2.0, 48_000)
     stereo = np.stack([mono, mono], axis=1)
     assert clf.predict(stereo, 48_000).probabilities == pytest.approx(clf.predict(mono, 48_000).probabilities, abs=1e-6)
+
+
+def test_channels_first_array_is_refused_with_the_fix(tiny_model):
+    clf = EmotionClassifier(tiny_model)
+    mono = tone(HIGH_HZ, 2.0, 48_000)
+    with pytest.raises(NotAudioError, match=r"got shape \(2, 96000\), more channels than samples.*transpose"):
+        clf.predict(np.stack([mono, mono]), 48_000)
+    assert clf.predict(np.stack([mono, mono]).T, 48_000).label == clf.predict(mono, 48_000).label
 
 
 def test_long_clip_timeline_and_mean(tiny_model):

@@ -42,6 +42,9 @@ from ser_edge.edge_runtime.resample import resample_poly
 
 MIN_SAMPLE_RATE = 1_000  # Hz: below this nothing of speech is left
 MAX_SAMPLE_RATE = 384_000  # Hz: the highest rate common audio hardware records
+# libsndfile's limit (SF_MAX_CHANNELS). An array (n, c) with more columns than this and than
+# rows is channels-first audio, (channels, samples), and is refused with that said.
+MAX_CHANNELS = 1024
 MAX_DURATION_S = 600.0  # default limit on clip length (10 min)
 # Default minimum clip length: about one syllable. Anything shorter holds no speech to
 # classify, yet the model would still return confident-looking probabilities for it.
@@ -107,6 +110,9 @@ def check_signal(
             path=name,
         )
     samples = np.asarray(samples)
+    if samples.ndim == 2 and samples.shape[1] > max(samples.shape[0], MAX_CHANNELS):
+        raise NotAudioError(f"got shape {samples.shape}, more channels than samples: expected (samples, channels) "
+                            "as soundfile reads them; pass the transpose of channels-first audio", path=name)
     if samples.ndim == 2:
         samples = samples.mean(axis=1, dtype=np.float64) if samples.shape[1] > 1 else samples[:, 0]
     elif samples.ndim != 1:
