@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ser_edge.edge_runtime import EmotionClassifier, StreamingClassifier
-from ser_edge.edge_runtime.errors import NonFiniteAudioError, SampleRateError
+from ser_edge.edge_runtime.errors import NonFiniteAudioError, NotAudioError, SampleRateError
 
 from conftest import LABELS, tone
 
@@ -84,5 +84,11 @@ def test_bad_stream_input(tiny_model):
     with pytest.raises(SampleRateError):
         StreamingClassifier(clf, 500)
     streamer = StreamingClassifier(clf, 16_000)
-    with pytest.raises(NonFiniteAudioError):
+    with pytest.raises(NonFiniteAudioError, match="<stream>: audio chunk contains NaN"):
         streamer.push(np.array([0.0, np.nan], np.float32))
+    stereo = np.random.default_rng(0).standard_normal((320, 2)).astype(np.float32)
+    with pytest.raises(NotAudioError, match=r"got shape \(2, 320\), more channels than samples"):
+        streamer.push(stereo.T)  # channels-first
+    with pytest.raises(NotAudioError, match="expected"):
+        streamer.push(stereo[None])
+    assert streamer.push(stereo) == []  # (samples, channels) is mixed down, as offline

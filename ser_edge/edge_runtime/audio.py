@@ -109,14 +109,7 @@ def check_signal(
             f"sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz",
             path=name,
         )
-    samples = np.asarray(samples)
-    if samples.ndim == 2 and samples.shape[1] > max(samples.shape[0], MAX_CHANNELS):
-        raise NotAudioError(f"got shape {samples.shape}, more channels than samples: expected (samples, channels) "
-                            "as soundfile reads them; pass the transpose of channels-first audio", path=name)
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1, dtype=np.float64) if samples.shape[1] > 1 else samples[:, 0]
-    elif samples.ndim != 1:
-        raise NotAudioError(f"expected (samples,) or (samples, channels), got {samples.shape}", path=name)
+    samples = to_mono(samples, name=name)
     if samples.size == 0:
         raise EmptyAudioError("audio has zero samples", path=name)
     if max_duration_s is not None and samples.size > max_duration_s * sample_rate:
@@ -134,6 +127,22 @@ def check_signal(
         raise NonFiniteAudioError("audio contains NaN or infinite samples", path=name)
     if not samples.any():
         raise SilentAudioError("audio is all zeros (digital silence)", path=name)
+    return samples
+
+
+def to_mono(samples: np.ndarray, *, name: str | None = None, max_channels: int = MAX_CHANNELS) -> np.ndarray:
+    """``(n,)`` or ``(n, channels)`` samples as ``(n,)``: the mean of the channels.
+
+    An array with more columns than rows and than ``max_channels`` is channels-first audio
+    ``(channels, samples)``: refused with that said, never read as ``n`` channels."""
+    samples = np.asarray(samples)
+    if samples.ndim == 2 and samples.shape[1] > max(samples.shape[0], max_channels):
+        raise NotAudioError(f"got shape {samples.shape}, more channels than samples: expected (samples, channels) "
+                            "as soundfile reads them; pass the transpose of channels-first audio", path=name)
+    if samples.ndim == 2:
+        return samples.mean(axis=1, dtype=np.float64) if samples.shape[1] > 1 else samples[:, 0]
+    if samples.ndim != 1:
+        raise NotAudioError(f"expected (samples,) or (samples, channels), got {samples.shape}", path=name)
     return samples
 
 

@@ -24,11 +24,16 @@ from ser_edge.edge_runtime.audio import (
     RESAMPLE_KAISER_BETA,
     check_signal,
     fit_to_window,
+    to_mono,
     window_starts,
 )
+from ser_edge.edge_runtime.errors import NonFiniteAudioError
 from ser_edge.edge_runtime.features import log_mel
 from ser_edge.edge_runtime.resample import polyphase_bank, resample_poly
 from ser_edge.edge_runtime.session import EmotionClassifier, Prediction, WindowPrediction, aggregate_windows
+
+
+STREAM_NAME = "<stream>"  # what errors about pushed chunks name
 
 
 class StreamingClassifier:
@@ -103,12 +108,10 @@ class StreamingClassifier:
         chunk = np.asarray(chunk, dtype=np.float32)
         if chunk.size == 0:
             return []
-        if chunk.ndim == 2:
-            chunk = chunk.mean(axis=1, dtype=np.float64).astype(np.float32)
+        # A chunk is short, so any chunk wider than it is long is taken for channels-first.
+        chunk = to_mono(chunk, name=STREAM_NAME, max_channels=1).astype(np.float32, copy=False)
         if not np.isfinite(chunk).all():
-            from ser_edge.edge_runtime.errors import NonFiniteAudioError
-
-            raise NonFiniteAudioError("audio chunk contains NaN or infinite samples")
+            raise NonFiniteAudioError("audio chunk contains NaN or infinite samples", path=STREAM_NAME)
         self._buffer = np.concatenate([self._buffer, chunk])
         self._received += len(chunk)
         ready = []
