@@ -27,6 +27,27 @@ def test_threads_is_keyword_only(tiny_model):
         EmotionClassifier(tiny_model, 2)  # type: ignore[misc]
 
 
+@pytest.mark.parametrize("threads", [0, -1, 2.5, "2", True])
+def test_threads_must_be_a_whole_number(tiny_model, threads):
+    with pytest.raises(ValueError, match=f"threads must be a whole number >= 1, got {threads!r}"):
+        EmotionClassifier(tiny_model, threads=threads)
+
+
+def test_wrong_argument_types_say_what_was_meant(tiny_model, tmp_path):
+    from ser_edge.edge_runtime.errors import SampleRateError
+
+    clf = EmotionClassifier(tiny_model)
+    with pytest.raises(TypeError, match="use predict_file for files"):
+        clf.predict(str(tmp_path / "clip.wav"), 16_000)
+    with pytest.raises(TypeError, match="a path or a binary file object, got int"):
+        clf.predict_file(3)  # soundfile would read file descriptor 3
+    for rate in ("16000", 16000.5, 16000.0):
+        with pytest.raises(SampleRateError, match=f"sample rate must be a whole number of Hz, got {rate!r}"):
+            clf.predict(tone(HIGH_HZ, 1.0, 16_000), rate)
+    signal = tone(HIGH_HZ, 1.0, 48_000)
+    assert clf.predict(signal, np.int32(48_000)).label == clf.predict(signal, 48_000).label == "disgust"
+
+
 @pytest.mark.parametrize("bounds", [{"min_duration_s": -1.0}, {"min_duration_s": 5.0, "max_duration_s": 3.0}])
 def test_duration_bounds_are_checked(tiny_model, bounds):
     with pytest.raises(ValueError, match="min_duration_s"):

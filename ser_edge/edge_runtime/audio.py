@@ -102,9 +102,9 @@ def check_signal(
     """Validate raw samples ``(n,)`` or ``(n, channels)`` and return them as mono float32.
 
     ``max_duration_s`` / ``min_duration_s`` bound the clip length (``None``: no bound)."""
-    if not isinstance(sample_rate, (int, np.integer)) or not (
-        MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE
-    ):
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
+        raise SampleRateError(f"sample rate must be a whole number of Hz, got {sample_rate!r}", path=name)
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise SampleRateError(
             f"sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz",
             path=name,
@@ -153,6 +153,8 @@ def load_audio(
     min_duration_s: float | None = MIN_DURATION_S,
 ) -> Audio:
     """Decode an audio file (``SUPPORTED_FORMATS``; path or binary file object) to checked mono float32."""
+    if not isinstance(source, (str, os.PathLike)) and not hasattr(source, "read"):
+        raise TypeError(f"expected a path or a binary file object, got {type(source).__name__}")
     name = _name(source)
     if isinstance(source, (str, os.PathLike)):
         if not os.path.exists(source):

@@ -122,8 +122,8 @@ class EmotionClassifier:
     ) -> None:
         import onnxruntime as ort
 
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
         if hop_s <= 0:
             raise ValueError(f"hop_s must be positive, got {hop_s}")
         if min_duration_s is not None and (min_duration_s < 0 or (max_duration_s is not None and min_duration_s > max_duration_s)):
@@ -202,6 +202,8 @@ class EmotionClassifier:
 
     def predict(self, signal: np.ndarray, sample_rate: int, *, name: str | None = None) -> Prediction:
         """Classify mono ``(n,)`` or multi-channel ``(n, channels)`` audio at any rate."""
+        if isinstance(signal, (str, bytes, os.PathLike)):
+            raise TypeError(f"predict takes samples, not a path ({signal!r}); use predict_file for files")
         samples = check_signal(signal, sample_rate, name=name, max_duration_s=self.max_duration_s,
                                min_duration_s=self.min_duration_s)
         return self._predict_mono(samples, int(sample_rate), name)
