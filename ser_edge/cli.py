@@ -247,7 +247,7 @@ def _train_modules():
 @click.option("--split-seed", type=int, help="Seed of the actor split / folds  [default: --seed]")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--actors", help="Restrict to these actors, e.g. 1,2,3,4 (for quick runs).")
-@click.option("--recipe", type=click.Choice(["default", "seed", "fast", "fast-cmn", "fast-cmn-speed", "fast-cmn-speed-wide", "fast-cmn-speed-ema", "fast-cmn-speed-wide-ema", "fast-cmn-shift-wide-ema", "fast-cmn-speed-wide-tempo-ema", "fast-cmn-speed-wide-ema-light", "fast-cmn-speed-wide-ema-int", "fast-cmn-speed-wide-ema-mixstyle", "fast-cmn-speed-wide-ema-pitch", "default-stats", "fast-cmn-stats"]), default="fast-cmn-speed-wide-ema", show_default=True, help="Model/augmentation recipe (see train/pipeline.py RECIPES).")
+@click.option("--recipe", type=click.Choice(["default", "seed", "seed-window", "seed-warp", "seed-poolfirst", "fast", "fast-cmn", "fast-cmn-speed", "fast-cmn-speed-wide", "fast-cmn-speed-ema", "fast-cmn-speed-wide-ema", "fast-cmn-shift-wide-ema", "fast-cmn-speed-wide-tempo-ema", "fast-cmn-speed-wide-ema-light", "fast-cmn-speed-wide-ema-int", "fast-cmn-speed-wide-ema-mixstyle", "fast-cmn-speed-wide-ema-pitch", "default-stats", "fast-cmn-stats"]), default="fast-cmn-speed-wide-ema", show_default=True, help="Model/augmentation recipe (see train/pipeline.py RECIPES).")
 @click.option("--only-fold", type=click.IntRange(min=0), help="With --folds: train just this fold (run folds in parallel).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="torch threads (0 = all cores).")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="All train-time augmentation.")

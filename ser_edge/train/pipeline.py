@@ -56,6 +56,25 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": False},
         "the design note: seed pooling, SpecAugment + AWGN, first 3 s window",
     ),
+    # The three changes from "seed" to "default", one at a time (docs/ablation.md).
+    "seed-window": Recipe(
+        ModelConfig(conv_pools=((2, 2), (4, 4), (4, 4)), transformer_pool=(2, 4)),
+        AugmentConfig(warp_prob=0.0),
+        {"random_window": True},
+        "seed + a random 3 s window per clip per epoch (only that)",
+    ),
+    "seed-warp": Recipe(
+        ModelConfig(conv_pools=((2, 2), (4, 4), (4, 4)), transformer_pool=(2, 4)),
+        AugmentConfig(),
+        {"random_window": False},
+        "seed + frequency warp (only that)",
+    ),
+    "seed-poolfirst": Recipe(
+        ModelConfig(),
+        AugmentConfig(warp_prob=0.0),
+        {"random_window": False},
+        "seed + pool-first CNN blocks and the 70-frame transformer input (only that)",
+    ),
     "default": Recipe(
         ModelConfig(),
         AugmentConfig(),
