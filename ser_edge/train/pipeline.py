@@ -49,22 +49,23 @@ def _given(values: dict[str, Any]) -> dict[str, Any]:
 
 # "seed" follows the design note: its CNN pooling (2x2, 4x4, 4x4) and 140-frame
 # transformer input, SpecAugment + AWGN only, one fixed 3 s window per clip.
+SEED_MODEL = ModelConfig(conv_pools=((2, 2), (4, 4), (4, 4)), transformer_pool=(2, 4))
 RECIPES: dict[str, Recipe] = {
     "seed": Recipe(
-        ModelConfig(conv_pools=((2, 2), (4, 4), (4, 4)), transformer_pool=(2, 4)),
+        SEED_MODEL,
         AugmentConfig(warp_prob=0.0),
         {"random_window": False},
         "the design note: seed pooling, SpecAugment + AWGN, first 3 s window",
     ),
     # The three changes from "seed" to "default", one at a time (docs/ablation.md).
     "seed-window": Recipe(
-        ModelConfig(conv_pools=((2, 2), (4, 4), (4, 4)), transformer_pool=(2, 4)),
+        SEED_MODEL,
         AugmentConfig(warp_prob=0.0),
         {"random_window": True},
         "seed + a random 3 s window per clip per epoch (only that)",
     ),
     "seed-warp": Recipe(
-        ModelConfig(conv_pools=((2, 2), (4, 4), (4, 4)), transformer_pool=(2, 4)),
+        SEED_MODEL,
         AugmentConfig(),
         {"random_window": False},
         "seed + frequency warp (only that)",
