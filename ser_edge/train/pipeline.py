@@ -57,7 +57,7 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": False},
         "the design note: seed pooling, SpecAugment + AWGN, first 3 s window",
     ),
-    # The three changes from "seed" to "default", one at a time (docs/ablation.md).
+    # The three changes from "seed" to "default", one at a time and in pairs (docs/ablation.md).
     "seed-window": Recipe(
         SEED_MODEL,
         AugmentConfig(warp_prob=0.0),
@@ -75,6 +75,18 @@ RECIPES: dict[str, Recipe] = {
         AugmentConfig(warp_prob=0.0),
         {"random_window": False},
         "seed + pool-first CNN blocks and the 70-frame transformer input (only that)",
+    ),
+    "seed-window-warp": Recipe(
+        SEED_MODEL,
+        AugmentConfig(),
+        {"random_window": True},
+        "seed + random window + frequency warp (default without pool-first)",
+    ),
+    "seed-window-poolfirst": Recipe(
+        ModelConfig(),
+        AugmentConfig(warp_prob=0.0),
+        {"random_window": True},
+        "seed + random window + pool-first blocks (default without frequency warp)",
     ),
     "default": Recipe(
         ModelConfig(),
