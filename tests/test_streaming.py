@@ -92,3 +92,4 @@ def test_bad_stream_input(tiny_model):
     with pytest.raises(NotAudioError, match="expected"):
         streamer.push(stereo[None])
     assert streamer.push(stereo) == []  # (samples, channels) is mixed down, as offline
+    assert streamer.push(stereo[:1]) == []  # one stereo frame is a valid chunk

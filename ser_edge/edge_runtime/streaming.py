@@ -34,6 +34,10 @@ from ser_edge.edge_runtime.session import EmotionClassifier, Prediction, WindowP
 
 
 STREAM_NAME = "<stream>"  # what errors about pushed chunks name
+# Chunks are short (a few ms may come as a handful of frames), so the file limit on channels
+# cannot tell channels-first chunks apart. A chunk (n, c) with c above both n and this is
+# refused as channels-first; 8 covers common interfaces and microphone arrays.
+STREAM_MAX_CHANNELS = 8
 
 
 class StreamingClassifier:
@@ -108,8 +112,7 @@ class StreamingClassifier:
         chunk = np.asarray(chunk, dtype=np.float32)
         if chunk.size == 0:
             return []
-        # A chunk is short, so any chunk wider than it is long is taken for channels-first.
-        chunk = to_mono(chunk, name=STREAM_NAME, max_channels=1).astype(np.float32, copy=False)
+        chunk = to_mono(chunk, name=STREAM_NAME, max_channels=STREAM_MAX_CHANNELS).astype(np.float32, copy=False)
         if not np.isfinite(chunk).all():
             raise NonFiniteAudioError("audio chunk contains NaN or infinite samples", path=STREAM_NAME)
         self._buffer = np.concatenate([self._buffer, chunk])
