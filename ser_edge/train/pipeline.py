@@ -50,44 +50,26 @@ def _given(values: dict[str, Any]) -> dict[str, Any]:
 # "seed" follows the design note: its CNN pooling (2x2, 4x4, 4x4) and 140-frame
 # transformer input, SpecAugment + AWGN only, one fixed 3 s window per clip.
 SEED_MODEL = ModelConfig(conv_pools=((2, 2), (4, 4), (4, 4)), transformer_pool=(2, 4))
+
+
+def _seed_with(*, window: bool = False, warp: bool = False, poolfirst: bool = False, summary: str) -> Recipe:
+    """The "seed" recipe with some of the three changes that make "default": a random window
+    per clip per epoch, frequency warp, pool-first CNN blocks."""
+    return Recipe(ModelConfig() if poolfirst else SEED_MODEL,
+                  AugmentConfig() if warp else AugmentConfig(warp_prob=0.0),
+                  {"random_window": window}, summary)
+
+
 RECIPES: dict[str, Recipe] = {
-    "seed": Recipe(
-        SEED_MODEL,
-        AugmentConfig(warp_prob=0.0),
-        {"random_window": False},
-        "the design note: seed pooling, SpecAugment + AWGN, first 3 s window",
-    ),
+    "seed": _seed_with(summary="the design note: seed pooling, SpecAugment + AWGN, first 3 s window"),
     # The three changes from "seed" to "default", one at a time and in pairs (docs/ablation.md).
-    "seed-window": Recipe(
-        SEED_MODEL,
-        AugmentConfig(warp_prob=0.0),
-        {"random_window": True},
-        "seed + a random 3 s window per clip per epoch (only that)",
-    ),
-    "seed-warp": Recipe(
-        SEED_MODEL,
-        AugmentConfig(),
-        {"random_window": False},
-        "seed + frequency warp (only that)",
-    ),
-    "seed-poolfirst": Recipe(
-        ModelConfig(),
-        AugmentConfig(warp_prob=0.0),
-        {"random_window": False},
-        "seed + pool-first CNN blocks and the 70-frame transformer input (only that)",
-    ),
-    "seed-window-warp": Recipe(
-        SEED_MODEL,
-        AugmentConfig(),
-        {"random_window": True},
-        "seed + random window + frequency warp (default without pool-first)",
-    ),
-    "seed-window-poolfirst": Recipe(
-        ModelConfig(),
-        AugmentConfig(warp_prob=0.0),
-        {"random_window": True},
-        "seed + random window + pool-first blocks (default without frequency warp)",
-    ),
+    "seed-window": _seed_with(window=True, summary="seed + a random 3 s window per clip per epoch (only that)"),
+    "seed-warp": _seed_with(warp=True, summary="seed + frequency warp (only that)"),
+    "seed-poolfirst": _seed_with(poolfirst=True, summary="seed + pool-first CNN blocks and the 70-frame transformer input (only that)"),
+    "seed-window-warp": _seed_with(window=True, warp=True,
+                                   summary="seed + random window + frequency warp (default without pool-first)"),
+    "seed-window-poolfirst": _seed_with(window=True, poolfirst=True,
+                                        summary="seed + random window + pool-first blocks (default without frequency warp)"),
     "default": Recipe(
         ModelConfig(),
         AugmentConfig(),
