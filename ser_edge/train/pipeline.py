@@ -149,6 +149,12 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
         "fast-cmn-speed-wide-ema + a pitch shift that keeps the formants and the tempo (0.85-1.18x) on half the training windows",
     ),
+    "fast-cmn-speed-wide-ema-masks": Recipe(
+        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2), freq_mask_bins=32, time_mask_frames=80),
+        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
+        "fast-cmn-speed-wide-ema with SpecAugment masks twice as wide (2 of up to 32 mel bins, 2 of up to 80 frames)",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
