@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -48,6 +49,17 @@ def _write_json(path: str, data: dict) -> None:
         raise _fail(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
+def _audio_files_below(folder: Path) -> list[Path]:
+    """The audio files below ``folder``, sorted; hidden folders are not entered (``.git`` is
+    not walked), hidden files are left out, links to folders are not followed."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [name for name in dirs if not name.startswith(".")]
+        found += [Path(root, name) for name in files
+                  if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS]
+    return sorted(found)
+
+
 def expand_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, SerEdgeError | None]]:
     """Files as given; directories expanded recursively to their audio files (``AUDIO_EXTENSIONS``).
 
@@ -56,9 +68,7 @@ def expand_inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, SerEdgeError | 
     for raw in paths:
         path = Path(raw)
         if raw != STDIN and path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS
-                           and (p.is_file() or p.is_symlink())
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = _audio_files_below(path)
             if not found:
                 yield raw, NotAudioError(f"directory holds no audio files ({', '.join(AUDIO_EXTENSIONS)})", path=raw)
             for file in found:

@@ -132,8 +132,9 @@ def test_directories_take_ogg_opus_and_mp3_too(tiny_model, tmp_path):
 
 
 def test_directories_skip_hidden_entries_and_name_broken_files(tiny_model, tmp_path):
-    """Below a directory: .git and macOS's ._ resource forks are not inputs; a broken link
-    and a 0-byte file are each one error, and the good clips are still classified."""
+    """Below a directory: .git and macOS's ._ resource forks are not inputs, links to files
+    are and links to folders are not followed; a broken link and a 0-byte file are each one
+    error, and the good clips are still classified."""
     folder = tmp_path / "clips"
     (folder / ".git").mkdir(parents=True)
     x = tone(300, 1.5, 48_000)
@@ -142,11 +143,16 @@ def test_directories_skip_hidden_entries_and_name_broken_files(tiny_model, tmp_p
     (folder / "._a.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
     (folder / "empty.wav").write_bytes(b"")
     (folder / "gone.wav").symlink_to("moved.wav")
+    (folder / "sub").mkdir()
+    sf.write(folder / "sub" / "c.wav", x, 48_000)
+    (folder / "mirror").symlink_to("sub")  # a link to a folder is not followed: c.wav once
+    (folder / "alias.wav").symlink_to("a.wav")  # a link to a file is an input
     result = run("classify", folder, "--model", tiny_model, "--json")
     assert result.exit_code == 1, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(Path(r["path"]).name, r.get("label"), r.get("error_code")) for r in rows] == [
-        ("a.wav", "neutral", None), ("empty.wav", None, "empty"), ("gone.wav", None, "not_found")]
+    assert [(str(Path(r["path"]).relative_to(folder)), r.get("label"), r.get("error_code")) for r in rows] == [
+        ("a.wav", "neutral", None), ("alias.wav", "neutral", None), ("empty.wav", None, "empty"),
+        ("gone.wav", None, "not_found"), ("sub/c.wav", "neutral", None)]
     assert result.stderr.strip().splitlines() == [
         f"error: {folder / 'empty.wav'}: file is empty (0 bytes)",
         f"error: {folder / 'gone.wav'}: broken link (to moved.wav)",
