@@ -51,12 +51,14 @@ def _write_json(path: str, data: dict) -> None:
 
 def _audio_files_below(folder: Path) -> list[Path]:
     """The audio files below ``folder``, sorted; hidden folders are not entered (``.git`` is
-    not walked), hidden files are left out, links to folders are not followed."""
+    not walked), hidden files are left out, links to folders are not followed. Only regular
+    files and links count (a named pipe would block the read), as before the walk."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [name for name in dirs if not name.startswith(".")]
-        found += [Path(root, name) for name in files
-                  if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS]
+        found += [path for path in (Path(root, name) for name in files
+                                    if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS)
+                  if path.is_file() or path.is_symlink()]
     return sorted(found)
 
 
