@@ -60,6 +60,25 @@ def _seed_with(*, window: bool = False, warp: bool = False, poolfirst: bool = Fa
                   {"random_window": window}, summary)
 
 
+# The shipped recipe ("fast-cmn-speed-wide-ema", the CLI's default): the fast-cmn model,
+# speed perturbation 0.8-1.2x on half the training windows, and a weight average.
+SHIPPED_RECIPE = Recipe(
+    ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+    AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
+    {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
+    "fast-cmn-speed-wide + an exponential moving average of the weights (decay 0.99 per step)",
+)
+
+
+def _shipped_with(*, model: Mapping[str, Any] | None = None, augment: Mapping[str, Any] | None = None,
+                  train: Mapping[str, Any] | None = None, summary: str) -> Recipe:
+    """The shipped recipe with the named fields of its model, augmentation or training
+    settings changed: one ablation row each."""
+    return Recipe(dataclasses.replace(SHIPPED_RECIPE.model, **(model or {})),
+                  dataclasses.replace(SHIPPED_RECIPE.augment, **(augment or {})),
+                  {**SHIPPED_RECIPE.train, **(train or {})}, summary)
+
+
 RECIPES: dict[str, Recipe] = {
     "seed": _seed_with(summary="the design note: seed pooling, SpecAugment + AWGN, first 3 s window"),
     # The three changes from "seed" to "default", one at a time and in pairs (docs/ablation.md).
@@ -106,54 +125,35 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
         "fast-cmn-speed + an exponential moving average of the weights (decay 0.99 per step)",
     ),
-    "fast-cmn-speed-wide-ema": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
-        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
-        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
-        "fast-cmn-speed-wide + an exponential moving average of the weights (decay 0.99 per step)",
+    "fast-cmn-speed-wide-ema": SHIPPED_RECIPE,
+    # One change each to the shipped recipe (docs/ablation.md); none adopted.
+    "fast-cmn-shift-wide-ema": _shipped_with(
+        augment={"speed_keep_tempo": True},
+        summary="fast-cmn-speed-wide-ema with the tempo restored after the speed change: pitch and formants scaled, speaking rate kept",
     ),
-    "fast-cmn-shift-wide-ema": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
-        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2), speed_keep_tempo=True),
-        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
-        "fast-cmn-speed-wide-ema with the tempo restored after the speed change: pitch and formants scaled, speaking rate kept",
+    "fast-cmn-speed-wide-tempo-ema": _shipped_with(
+        augment={"tempo_prob": 0.5, "tempo_range": (0.8, 1.2)},
+        summary="fast-cmn-speed-wide-ema + tempo perturbation 0.8-1.2 (log-mel frames stretched) on half the training windows",
     ),
-    "fast-cmn-speed-wide-tempo-ema": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
-        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2), tempo_prob=0.5, tempo_range=(0.8, 1.2)),
-        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
-        "fast-cmn-speed-wide-ema + tempo perturbation 0.8-1.2 (log-mel frames stretched) on half the training windows",
+    "fast-cmn-speed-wide-ema-light": _shipped_with(
+        model={"n_layers": 2, "ff_dim": 256},
+        summary="fast-cmn-speed-wide-ema with a lighter transformer (2 layers, feed-forward 256): about 60% of the inference time, for ensembles of three",
     ),
-    "fast-cmn-speed-wide-ema-light": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True, n_layers=2, ff_dim=256),
-        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
-        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
-        "fast-cmn-speed-wide-ema with a lighter transformer (2 layers, feed-forward 256): about 60% of the inference time, for ensembles of three",
+    "fast-cmn-speed-wide-ema-int": _shipped_with(
+        train={"intensity_aux": 0.5},
+        summary="fast-cmn-speed-wide-ema + a training-only intensity head (normal/strong, loss weight 0.5) on the shared embedding",
     ),
-    "fast-cmn-speed-wide-ema-int": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
-        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
-        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99, "intensity_aux": 0.5},
-        "fast-cmn-speed-wide-ema + a training-only intensity head (normal/strong, loss weight 0.5) on the shared embedding",
+    "fast-cmn-speed-wide-ema-mixstyle": _shipped_with(
+        model={"mixstyle_prob": 0.5, "mixstyle_alpha": 0.1},
+        summary="fast-cmn-speed-wide-ema + MixStyle after the first CNN block (p 0.5, alpha 0.1; training only)",
     ),
-    "fast-cmn-speed-wide-ema-mixstyle": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True, mixstyle_prob=0.5,
-                    mixstyle_alpha=0.1),
-        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
-        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
-        "fast-cmn-speed-wide-ema + MixStyle after the first CNN block (p 0.5, alpha 0.1; training only)",
+    "fast-cmn-speed-wide-ema-pitch": _shipped_with(
+        augment={"pitch_prob": 0.5, "pitch_range": (0.85, 1.18)},
+        summary="fast-cmn-speed-wide-ema + a pitch shift that keeps the formants and the tempo (0.85-1.18x) on half the training windows",
     ),
-    "fast-cmn-speed-wide-ema-pitch": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
-        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2), pitch_prob=0.5, pitch_range=(0.85, 1.18)),
-        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
-        "fast-cmn-speed-wide-ema + a pitch shift that keeps the formants and the tempo (0.85-1.18x) on half the training windows",
-    ),
-    "fast-cmn-speed-wide-ema-masks": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
-        AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2), freq_mask_bins=32, time_mask_frames=80),
-        {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
-        "fast-cmn-speed-wide-ema with SpecAugment masks twice as wide (2 of up to 32 mel bins, 2 of up to 80 frames)",
+    "fast-cmn-speed-wide-ema-masks": _shipped_with(
+        augment={"freq_mask_bins": 32, "time_mask_frames": 80},
+        summary="fast-cmn-speed-wide-ema with SpecAugment masks twice as wide (2 of up to 32 mel bins, 2 of up to 80 frames)",
     ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
