@@ -552,7 +552,12 @@ def test_speaker_adversarial_mixup_training_runs_and_resumes(tmp_path):
     # Resume for a second epoch: the adversary's state is restored, training goes on.
     Trainer(tmp_path, fs, split, feature_config=fc, train_config=dataclasses.replace(tc, epochs=2), model_config=mc,
             augment=aug).run()
-    assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 2
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert len(history) == 2
+    # The adversary's own loss is logged apart from the total, which also holds the emotion loss.
+    for record in history:
+        assert set(record["train_head_losses"]) == {"adversary"}
+        assert 0 < record["train_head_losses"]["adversary"] < record["train_loss"]
 
 
 def test_intensity_head_learns_the_file_name_intensity_and_resumes(tmp_path):
@@ -585,6 +590,9 @@ def test_intensity_head_learns_the_file_name_intensity_and_resumes(tmp_path):
     assert not torch.equal(saved["model"]["classifier.weight"], all_normal["model"]["classifier.weight"])
     _, plain = train(tmp_path / "plain", mixed, 1, 0.0)
     assert "intensity" not in plain
+    assert "train_head_losses" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())["history"][0]
+    head_loss = json.loads((tmp_path / "mixed" / "metrics.json").read_text())["history"][0]["train_head_losses"]
+    assert set(head_loss) == {"intensity"} and head_loss["intensity"] > 0
     best = torch.load(tmp_path / "mixed" / BEST_WEIGHTS, weights_only=True)["model"]
     assert best.keys() == plain["model"].keys()  # nothing of the head in the model's weights
     # Resume for a second epoch: the head's state is restored and trained on.

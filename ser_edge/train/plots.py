@@ -38,7 +38,7 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike) -> None:
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="train (smoothed CE)")
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="train (smoothed CE + training-only heads)")
     loss_ax.plot(epochs, [h["val_loss"] for h in history], label="val (clip NLL)")
     loss_ax.set_xlabel("epoch")
     loss_ax.legend()

@@ -381,7 +381,9 @@ class Trainer:
         return x.to(device=self.tc.device, memory_format=torch.channels_last)
 
     def _train_epoch(self, learner: "_Learner", criterion, scaler: Scaler, clip_windows: list[np.ndarray],
-                     bar) -> tuple[float, float]:
+                     bar) -> tuple[float, float, dict[str, float]]:
+        """One pass over the training clips: mean total loss, accuracy on the augmented
+        windows, and each training-only head's own (unweighted) mean loss, by head name."""
         model, optimizer, heads, rng, gen = learner.model, learner.optimizer, learner.heads, learner.rng, learner.gen
         model.train()
         if self.tc.random_window:
@@ -391,6 +393,7 @@ class Trainer:
         picks = picks[rng.permutation(len(picks))]
         labels_all = self.fs.labels
         total_loss, correct, seen = 0.0, 0, 0
+        head_totals = dict.fromkeys(heads, 0.0)
         for i in range(0, len(picks), self.tc.batch_size):
             rows = picks[i : i + self.tc.batch_size]
             x = self._batch(rows, scaler, rng, gen)
@@ -409,11 +412,14 @@ class Trainer:
                 loss = (1 - self.tc.distill_weight) * loss + self.tc.distill_weight * soft
             if "adversary" in heads:
                 speakers = torch.from_numpy(self.actor_index[rows]).to(self.tc.device)
-                loss = loss + _mixed(F.cross_entropy, heads["adversary"](embedding), speakers, lam, perm)
+                head_loss = _mixed(F.cross_entropy, heads["adversary"](embedding), speakers, lam, perm)
+                head_totals["adversary"] += float(head_loss.detach()) * len(rows)
+                loss = loss + head_loss
             if "intensity" in heads:
                 intensity = torch.from_numpy(self.intensity_index[rows]).to(self.tc.device)
-                loss = loss + self.tc.intensity_aux * _mixed(F.cross_entropy, heads["intensity"](embedding), intensity,
-                                                             lam, perm)
+                head_loss = _mixed(F.cross_entropy, heads["intensity"](embedding), intensity, lam, perm)
+                head_totals["intensity"] += float(head_loss.detach()) * len(rows)
+                loss = loss + self.tc.intensity_aux * head_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -425,7 +431,7 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-        return total_loss / seen, correct / seen
+        return total_loss / seen, correct / seen, {name: total / seen for name, total in head_totals.items()}
 
     def _clip_predictions(self, model, scaler: Scaler, name: str) -> tuple[np.ndarray, np.ndarray]:
         rows = self.rows[name]
@@ -471,7 +477,7 @@ class Trainer:
             epoch = state["epoch"] + 1
             bar = _progress(n_batches, f"epoch {epoch}/{self.tc.epochs}") if self.progress else None
             started = time.perf_counter()
-            train_loss, train_acc = self._train_epoch(learner, criterion, scaler, clip_windows, bar)
+            train_loss, train_acc, head_losses = self._train_epoch(learner, criterion, scaler, clip_windows, bar)
             val = self.evaluate(learner.scored, scaler, "val")
             learner.plateau.step(val["loss"])
             record = {
@@ -484,6 +490,8 @@ class Trainer:
                 "lr": learner.optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
             }
+            if head_losses:  # training-only heads: their own loss, e.g. the adversary's near ln(n speakers) = chance
+                record["train_head_losses"] = head_losses
             state["history"].append(record)
             _report_epoch(record, bar)
             if val["loss"] < state["best_loss"]:
