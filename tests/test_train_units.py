@@ -441,6 +441,13 @@ def test_cli_offers_every_recipe():
     assert isinstance(option.type, click.Choice)
     assert sorted(option.type.choices) == sorted(pipeline.RECIPES)
     assert option.default == pipeline.SHIPPED_RECIPE  # `ser-edge train` trains what ships
+    # The one-change variants (_shipped_with) derive from the recipe that ships, not a copy.
+    assert pipeline.RECIPES[pipeline.SHIPPED_RECIPE] is pipeline._SHIPPED
+    masks = pipeline.RECIPES["fast-cmn-speed-wide-ema-masks"]
+    assert masks.model == pipeline._SHIPPED.model and masks.train == pipeline._SHIPPED.train
+    assert (masks.augment.freq_mask_bins, masks.augment.time_mask_frames) == (32, 80)
+    shipped_masks = {k: getattr(pipeline._SHIPPED.augment, k) for k in ("freq_mask_bins", "time_mask_frames")}
+    assert dataclasses.replace(masks.augment, **shipped_masks) == pipeline._SHIPPED.augment
 
 
 def test_cli_export_offers_every_weight_storage():

@@ -60,9 +60,9 @@ def _seed_with(*, window: bool = False, warp: bool = False, poolfirst: bool = Fa
                   {"random_window": window}, summary)
 
 
-# The shipped recipe ("fast-cmn-speed-wide-ema", the CLI's default): the fast-cmn model,
+# The shipped recipe (named SHIPPED_RECIPE below, the CLI's default): the fast-cmn model,
 # speed perturbation 0.8-1.2x on half the training windows, and a weight average.
-SHIPPED_RECIPE = Recipe(
+_SHIPPED = Recipe(
     ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
     AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
     {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
@@ -74,9 +74,9 @@ def _shipped_with(*, model: Mapping[str, Any] | None = None, augment: Mapping[st
                   train: Mapping[str, Any] | None = None, summary: str) -> Recipe:
     """The shipped recipe with the named fields of its model, augmentation or training
     settings changed: one ablation row each."""
-    return Recipe(dataclasses.replace(SHIPPED_RECIPE.model, **(model or {})),
-                  dataclasses.replace(SHIPPED_RECIPE.augment, **(augment or {})),
-                  {**SHIPPED_RECIPE.train, **(train or {})}, summary)
+    return Recipe(dataclasses.replace(_SHIPPED.model, **(model or {})),
+                  dataclasses.replace(_SHIPPED.augment, **(augment or {})),
+                  {**_SHIPPED.train, **(train or {})}, summary)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -125,7 +125,7 @@ RECIPES: dict[str, Recipe] = {
         {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
         "fast-cmn-speed + an exponential moving average of the weights (decay 0.99 per step)",
     ),
-    "fast-cmn-speed-wide-ema": SHIPPED_RECIPE,
+    "fast-cmn-speed-wide-ema": _SHIPPED,
     # One change each to the shipped recipe (docs/ablation.md); none adopted.
     "fast-cmn-shift-wide-ema": _shipped_with(
         augment={"speed_keep_tempo": True},
