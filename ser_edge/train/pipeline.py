@@ -155,6 +155,10 @@ RECIPES: dict[str, Recipe] = {
         augment={"freq_mask_bins": 32, "time_mask_frames": 80},
         summary="fast-cmn-speed-wide-ema with SpecAugment masks twice as wide (2 of up to 32 mel bins, 2 of up to 80 frames)",
     ),
+    "fast-cmn-speed-wide-ema-warp": _shipped_with(
+        augment={"warp_range": (0.8, 1.2)},
+        summary="fast-cmn-speed-wide-ema with the frequency warp (vocal-tract-length stand-in) widened from 0.9-1.1 to 0.8-1.2",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
