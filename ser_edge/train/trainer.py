@@ -314,6 +314,10 @@ class Trainer:
         self.actor_index = np.array([lookup.get(a, -1) for a in feature_set.actors], dtype=np.int64)
         # Each window's intensity, 0 = normal, 1 = strong: the auxiliary intensity head's target.
         self.intensity_index = feature_set.intensities.astype(np.int64)
+        # Each training-only head's per-window target and the weight of its loss in the total
+        # (the adversary's loss counts once: its strength is the gradient reversal's weight).
+        self.head_terms = {"adversary": (self.actor_index, 1.0),
+                           "intensity": (self.intensity_index, self.tc.intensity_aux)}
 
     # -- setup ------------------------------------------------------------------------
 
@@ -410,16 +414,12 @@ class Trainer:
                 temperature = self.tc.distill_temperature
                 soft = distillation_loss(logits, self.teachers.probabilities(x, temperature), temperature)
                 loss = (1 - self.tc.distill_weight) * loss + self.tc.distill_weight * soft
-            if "adversary" in heads:
-                speakers = torch.from_numpy(self.actor_index[rows]).to(self.tc.device)
-                head_loss = _mixed(F.cross_entropy, heads["adversary"](embedding), speakers, lam, perm)
-                head_totals["adversary"] += float(head_loss.detach()) * len(rows)
-                loss = loss + head_loss
-            if "intensity" in heads:
-                intensity = torch.from_numpy(self.intensity_index[rows]).to(self.tc.device)
-                head_loss = _mixed(F.cross_entropy, heads["intensity"](embedding), intensity, lam, perm)
-                head_totals["intensity"] += float(head_loss.detach()) * len(rows)
-                loss = loss + self.tc.intensity_aux * head_loss
+            for name, head in heads.items():
+                targets, weight = self.head_terms[name]
+                target = torch.from_numpy(targets[rows]).to(self.tc.device)
+                head_loss = _mixed(F.cross_entropy, head(embedding), target, lam, perm)
+                head_totals[name] += float(head_loss.detach()) * len(rows)
+                loss = loss + weight * head_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
