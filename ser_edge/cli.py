@@ -56,9 +56,11 @@ def _audio_files_below(folder: Path) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [name for name in dirs if not name.startswith(".")]
-        found += [path for path in (Path(root, name) for name in files
-                                    if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS)
-                  if path.is_file() or path.is_symlink()]
+        for name in files:
+            path = Path(root, name)
+            if (not name.startswith(".") and path.suffix.lower() in AUDIO_EXTENSIONS
+                    and (path.is_file() or path.is_symlink())):
+                found.append(path)
     return sorted(found)
 
 
