@@ -60,10 +60,14 @@ def _seed_with(*, window: bool = False, warp: bool = False, poolfirst: bool = Fa
                   {"random_window": window}, summary)
 
 
+# The model of "fast-cmn" and every recipe since: dropout 0.1 in both branches, per-utterance
+# mean normalisation in the graph.
+FAST_CMN_MODEL = ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True)
+
 # The shipped recipe (named SHIPPED_RECIPE below, the CLI's default): the fast-cmn model,
 # speed perturbation 0.8-1.2x on half the training windows, and a weight average.
 _SHIPPED = Recipe(
-    ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+    FAST_CMN_MODEL,
     AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
     {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
     "fast-cmn-speed-wide + an exponential moving average of the weights (decay 0.99 per step)",
@@ -102,25 +106,25 @@ RECIPES: dict[str, Recipe] = {
         "default, lr 1e-3, dropout 0.1",
     ),
     "fast-cmn": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+        FAST_CMN_MODEL,
         AugmentConfig(),
         {"random_window": True, "lr": 1e-3},
         "fast + per-utterance mean normalisation",
     ),
     "fast-cmn-speed": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+        FAST_CMN_MODEL,
         AugmentConfig(speed_prob=0.5),
         {"random_window": True, "lr": 1e-3},
         "fast-cmn + speed perturbation 0.9-1.1 on half the training windows",
     ),
     "fast-cmn-speed-wide": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+        FAST_CMN_MODEL,
         AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
         {"random_window": True, "lr": 1e-3},
         "fast-cmn-speed with a wider speed range, 0.8-1.2 (about the formant gap between speakers of either sex)",
     ),
     "fast-cmn-speed-ema": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True),
+        FAST_CMN_MODEL,
         AugmentConfig(speed_prob=0.5),
         {"random_window": True, "lr": 1e-3, "ema_decay": 0.99},
         "fast-cmn-speed + an exponential moving average of the weights (decay 0.99 per step)",
@@ -166,7 +170,7 @@ RECIPES: dict[str, Recipe] = {
         "default + mean/std over time in the CNN branch instead of flatten",
     ),
     "fast-cmn-stats": Recipe(
-        ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utterance_norm=True, conv_time_pool="stats"),
+        dataclasses.replace(FAST_CMN_MODEL, conv_time_pool="stats"),
         AugmentConfig(),
         {"random_window": True, "lr": 1e-3},
         "fast-cmn + mean/std over time in the CNN branch",
