@@ -163,6 +163,10 @@ RECIPES: dict[str, Recipe] = {
         augment={"warp_range": (0.8, 1.2)},
         summary="fast-cmn-speed-wide-ema with the frequency warp (vocal-tract-length stand-in) widened from 0.9-1.1 to 0.8-1.2",
     ),
+    "fast-cmn-speed-wide-ema-wd": _shipped_with(
+        train={"weight_decay": 0.05},
+        summary="fast-cmn-speed-wide-ema with AdamW's decoupled weight decay 0.05 instead of 1e-4",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
