@@ -167,6 +167,10 @@ RECIPES: dict[str, Recipe] = {
         train={"weight_decay": 0.05},
         summary="fast-cmn-speed-wide-ema with AdamW's decoupled weight decay 0.05 instead of 1e-4",
     ),
+    "fast-cmn-speed-wide-ema-mixup": _shipped_with(
+        augment={"mixup_alpha": 0.4},
+        summary="fast-cmn-speed-wide-ema + mixup (alpha 0.4) of the training windows and their targets",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
