@@ -204,12 +204,22 @@ def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Head:
+    """A training-only head on the embedding: the module, each window's target class (-1
+    outside the training rows), and the weight of its cross-entropy in the total loss."""
+
+    module: torch.nn.Module
+    targets: np.ndarray
+    weight: float
+
+
 @dataclasses.dataclass
 class _Learner:
     """Everything a training step changes: saved whole in the checkpoint, restored on resume."""
 
     model: ParallelModel
-    heads: dict[str, torch.nn.Module]  # training-only heads, by checkpoint key
+    heads: dict[str, _Head]  # training-only heads, by checkpoint key
     optimizer: torch.optim.Optimizer
     plateau: torch.optim.lr_scheduler.ReduceLROnPlateau
     rng: np.random.Generator
@@ -225,7 +235,7 @@ class _Learner:
     def checkpoint(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            **{name: head.state_dict() for name, head in self.heads.items()},
+            **{name: head.module.state_dict() for name, head in self.heads.items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "plateau": self.plateau.state_dict(),
@@ -238,7 +248,7 @@ class _Learner:
     def restore(self, saved: dict[str, Any]) -> None:
         self.model.load_state_dict(saved["model"])
         for name, head in self.heads.items():
-            head.load_state_dict(saved[name])
+            head.module.load_state_dict(saved[name])
         if self.ema is not None:
             self.ema.load_state_dict(saved["ema"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -314,10 +324,6 @@ class Trainer:
         self.actor_index = np.array([lookup.get(a, -1) for a in feature_set.actors], dtype=np.int64)
         # Each window's intensity, 0 = normal, 1 = strong: the auxiliary intensity head's target.
         self.intensity_index = feature_set.intensities.astype(np.int64)
-        # Each training-only head's per-window target and the weight of its loss in the total
-        # (the adversary's loss counts once: its strength is the gradient reversal's weight).
-        self.head_terms = {"adversary": (self.actor_index, 1.0),
-                           "intensity": (self.intensity_index, self.tc.intensity_aux)}
 
     # -- setup ------------------------------------------------------------------------
 
@@ -415,11 +421,10 @@ class Trainer:
                 soft = distillation_loss(logits, self.teachers.probabilities(x, temperature), temperature)
                 loss = (1 - self.tc.distill_weight) * loss + self.tc.distill_weight * soft
             for name, head in heads.items():
-                targets, weight = self.head_terms[name]
-                target = torch.from_numpy(targets[rows]).to(self.tc.device)
-                head_loss = _mixed(F.cross_entropy, head(embedding), target, lam, perm)
+                target = torch.from_numpy(head.targets[rows]).to(self.tc.device)
+                head_loss = _mixed(F.cross_entropy, head.module(embedding), target, lam, perm)
                 head_totals[name] += float(head_loss.detach()) * len(rows)
-                loss = loss + weight * head_loss
+                loss = loss + head.weight * head_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -518,7 +523,7 @@ class Trainer:
             log.info("started from %s member %d (classifier %s)", self.init_source["model"], self.init_source["member"],
                      "copied" if kept else "new: other labels")
         heads = self._training_heads(model.classifier.in_features)
-        params = list(model.parameters()) + [p for head in heads.values() for p in head.parameters()]
+        params = list(model.parameters()) + [p for head in heads.values() for p in head.module.parameters()]
         optimizer = torch.optim.AdamW(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=self.tc.plateau_factor, patience=self.tc.plateau_patience
@@ -534,14 +539,17 @@ class Trainer:
             state={"epoch": 0, "best_loss": float("inf"), "best_epoch": -1, "stale": 0, "history": []},
         )
 
-    def _training_heads(self, embed_dim: int) -> dict[str, torch.nn.Module]:
+    def _training_heads(self, embed_dim: int) -> dict[str, _Head]:
         """The training-only heads this config turns on, by checkpoint key."""
-        heads: dict[str, torch.nn.Module] = {}
+        heads: dict[str, _Head] = {}
         if self.tc.speaker_adversarial > 0:
-            heads["adversary"] = SpeakerAdversary(embed_dim, len(self.split.train), self.tc.speaker_adversarial)
+            # Its loss counts once: the adversary's strength is the gradient reversal's weight.
+            adversary = SpeakerAdversary(embed_dim, len(self.split.train), self.tc.speaker_adversarial)
+            heads["adversary"] = _Head(adversary.to(self.tc.device), self.actor_index, 1.0)
         if self.tc.intensity_aux > 0:
-            heads["intensity"] = IntensityHead(embed_dim)
-        return {name: head.to(self.tc.device) for name, head in heads.items()}
+            heads["intensity"] = _Head(IntensityHead(embed_dim).to(self.tc.device), self.intensity_index,
+                                       self.tc.intensity_aux)
+        return heads
 
     def finish(self, state: dict[str, Any]) -> dict[str, Any]:
         model = load_model(self.run_dir, self.fc, self.tc.device)
