@@ -448,6 +448,13 @@ def test_cli_offers_every_recipe():
     assert (masks.augment.freq_mask_bins, masks.augment.time_mask_frames) == (32, 80)
     shipped_masks = {k: getattr(pipeline._SHIPPED.augment, k) for k in ("freq_mask_bins", "time_mask_frames")}
     assert dataclasses.replace(masks.augment, **shipped_masks) == pipeline._SHIPPED.augment
+    # The dropout row separates fast's two changes: default's dropout, the shipped lr.
+    drop = pipeline.RECIPES["fast-cmn-speed-wide-ema-drop"]
+    default = pipeline.RECIPES["default"].model
+    assert (drop.model.conv_dropout, drop.model.transformer_dropout) == (default.conv_dropout, default.transformer_dropout)
+    assert drop.model.conv_dropout > pipeline._SHIPPED.model.conv_dropout
+    assert drop.train == pipeline._SHIPPED.train and drop.augment == pipeline._SHIPPED.augment
+    assert dataclasses.replace(drop.model, conv_dropout=0.1, transformer_dropout=0.1) == pipeline._SHIPPED.model
 
 
 def test_cli_export_offers_every_weight_storage():
