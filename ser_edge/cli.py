@@ -22,6 +22,7 @@ import click
 from ser_edge.edge_runtime.audio import AUDIO_EXTENSIONS, DEFAULT_HOP_S, MAX_DURATION_S, MIN_DURATION_S
 from ser_edge.edge_runtime.errors import EmptyAudioError, ModelError, NotAudioError, SerEdgeError
 from ser_edge.outputs import why_unwritable
+from ser_edge.train.recipes import RECIPES, SHIPPED_RECIPE
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -261,7 +262,7 @@ def _train_modules():
 @click.option("--split-seed", type=int, help="Seed of the actor split / folds  [default: --seed]")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--actors", help="Restrict to these actors, e.g. 1,2,3,4 (for quick runs).")
-@click.option("--recipe", type=click.Choice(["default", "seed", "seed-window", "seed-warp", "seed-poolfirst", "seed-window-warp", "seed-window-poolfirst", "fast", "fast-cmn", "fast-cmn-speed", "fast-cmn-speed-wide", "fast-cmn-speed-ema", "fast-cmn-speed-wide-ema", "fast-cmn-shift-wide-ema", "fast-cmn-speed-wide-tempo-ema", "fast-cmn-speed-wide-ema-light", "fast-cmn-speed-wide-ema-int", "fast-cmn-speed-wide-ema-mixstyle", "fast-cmn-speed-wide-ema-pitch", "fast-cmn-speed-wide-ema-masks", "fast-cmn-speed-wide-ema-warp", "fast-cmn-speed-wide-ema-wd", "fast-cmn-speed-wide-ema-mixup", "fast-cmn-speed-wide-ema-drop", "default-stats", "fast-cmn-stats"]), default="fast-cmn-speed-wide-ema", show_default=True, help="Model/augmentation recipe (see train/pipeline.py RECIPES).")
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default=SHIPPED_RECIPE, show_default=True, help="Model/augmentation recipe (see train/recipes.py).")
 @click.option("--only-fold", type=click.IntRange(min=0), help="With --folds: train just this fold (run folds in parallel).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="torch threads (0 = all cores).")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="All train-time augmentation.")
@@ -299,7 +300,7 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
     # Every check that needs no data comes first: preparing the features can take minutes.
     _check_split_options(folds, only_fold, init_from, init_member, device)
     wanted = _parse_actors(actors)
-    chosen = pipeline.RECIPES[recipe]
+    chosen = RECIPES[recipe]
     split_seed = seed if split_seed is None else split_seed
     train_config = _distill_settings(
         chosen.train_config(epochs=epochs, batch_size=batch_size, seed=seed, device=device,

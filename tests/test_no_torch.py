@@ -35,6 +35,25 @@ def test_classify_with_torch_blocked(tiny_model, wav):
     assert json.loads(result.stdout)["label"] == "neutral"
 
 
+def test_recipes_load_and_are_listed_with_torch_blocked():
+    """`ser-edge train --help` names every recipe from train/recipes.py, the one list, without torch."""
+    code = (
+        "from ser_edge.train.recipes import RECIPES\n"
+        "from ser_edge.cli import main\n"
+        "main(['train', '--help'], standalone_mode=False)\n"
+        "print('RECIPES', *RECIPES)\n"
+        "assert not any(m.split('.')[0] == 'torch' and sys.modules[m] is not None for m in sys.modules)\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    help_text, names = result.stdout.split("RECIPES ")
+    names = names.split()
+    assert "fast-cmn-speed-wide-ema" in names and len(names) == len(set(names)) > 20
+    flat = "".join(help_text.split())  # click wraps long lines, also inside names
+    assert flat.split("--recipe[", 1)[1].split("]", 1)[0].split("|") == names
+    assert "[default:fast-cmn-speed-wide-ema]" in flat
+
+
 def test_training_command_reports_missing_extra():
     code = "from ser_edge.cli import main\nmain(['train', '/nonexistent'])\n"
     result = run_python(code)

@@ -75,7 +75,7 @@ def test_member_latency_builds_the_shipped_graph_from_untrained_members(tmp_path
 
     from ser_edge.edge_runtime.features import FeatureConfig
     from ser_edge.export.exporter import latency_ms
-    from ser_edge.train.pipeline import SHIPPED_RECIPE, SHIPPED_SEEDS
+    from ser_edge.train.recipes import SHIPPED_RECIPE, SHIPPED_SEEDS
 
     tool = _member_latency()
     assert tool["parse_spec"](f"{SHIPPED_RECIPE}:2") == (SHIPPED_RECIPE, 2)

@@ -11,7 +11,7 @@ import torch
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.export.onnx_weights import read_onnx_members
 from ser_edge.train import warm_start
-from ser_edge.train.pipeline import RECIPES, SHIPPED_RECIPE
+from ser_edge.train.recipes import RECIPES, SHIPPED_RECIPE
 from ser_edge.train.trainer import build_model
 
 from conftest import LABELS, SMALL_FEATURES

@@ -31,7 +31,7 @@ PROBE_TEMPERATURE = 1.5  # not 1: a temperature of 1 is folded away, a calibrate
 
 def parse_spec(spec: str) -> tuple[str, int]:
     """``"RECIPE:N"`` -> (recipe, N); the recipe must be one of ``RECIPES``."""
-    from ser_edge.train.pipeline import RECIPES
+    from ser_edge.train.recipes import RECIPES
 
     name, _, count = spec.rpartition(SPEC_SEPARATOR)
     if name not in RECIPES or not count.isdigit() or int(count) < 1:
@@ -44,7 +44,7 @@ def build_graph(recipe: str, n_members: int, path: Path, feature_config) -> int:
     import torch
 
     from ser_edge.export.exporter import ExportWrapper, export_onnx, round_to_float16, store_float16
-    from ser_edge.train.pipeline import RECIPES
+    from ser_edge.train.recipes import RECIPES
     from ser_edge.train.trainer import build_model
 
     members = []

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from ser_edge.edge_runtime.errors import SerEdgeError
     from ser_edge.export.exporter import WEIGHT_DTYPES
     from ser_edge.outputs import why_unwritable
-    from ser_edge.train.pipeline import RECIPES, SHIPPED_RECIPE, SHIPPED_SEEDS, SHIPPED_WEIGHTS
+    from ser_edge.train.recipes import RECIPES, SHIPPED_RECIPE, SHIPPED_SEEDS, SHIPPED_WEIGHTS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="RAVDESS speech folder")
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated seeds, one ensemble member each (default: %(default)s)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the actor split (default: %(default)s)")
     parser.add_argument("--recipe", default=SHIPPED_RECIPE, choices=sorted(RECIPES), metavar="RECIPE",
-                        help="training recipe, one of train/pipeline.py's RECIPES (default: %(default)s)")
+                        help="training recipe, one of train/recipes.py's RECIPES (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)),
                         help="member runs trained at once (default: %(default)s)")
     parser.add_argument("--epochs", type=int, help="epoch cap (default: the recipe's; only for quick checks)")
