@@ -451,6 +451,11 @@ def test_recipes_derive_from_the_shipped_one():
     assert drop.model.conv_dropout > recipes._SHIPPED.model.conv_dropout
     assert drop.train == recipes._SHIPPED.train and drop.augment == recipes._SHIPPED.augment
     assert dataclasses.replace(drop.model, conv_dropout=0.1, transformer_dropout=0.1) == recipes._SHIPPED.model
+    # The long-average row changes only the EMA decay, to a longer horizon than the shipped one.
+    long = recipes.RECIPES["fast-cmn-speed-wide-ema-long"]
+    assert long.model == recipes._SHIPPED.model and long.augment == recipes._SHIPPED.augment
+    assert {**long.train, "ema_decay": recipes._SHIPPED.train["ema_decay"]} == recipes._SHIPPED.train
+    assert long.train_config().ema_decay > recipes._SHIPPED.train_config().ema_decay
 
 
 def test_cli_export_offers_every_weight_storage():

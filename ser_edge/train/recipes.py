@@ -175,6 +175,10 @@ RECIPES: dict[str, Recipe] = {
         model={"conv_dropout": ModelConfig.conv_dropout, "transformer_dropout": ModelConfig.transformer_dropout},
         summary="fast-cmn-speed-wide-ema with default's dropout (0.3 CNN, 0.4 transformer) instead of 0.1/0.1; lr stays 1e-3",
     ),
+    "fast-cmn-speed-wide-ema-long": _shipped_with(
+        train={"ema_decay": 0.997},
+        summary="fast-cmn-speed-wide-ema with a longer weight average: decay 0.997 per step (about 12 epochs, the early-stopping patience) instead of 0.99 (about 4)",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
