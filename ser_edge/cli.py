@@ -2,8 +2,9 @@
 
 Library code raises typed errors (``SerEdgeError``); this module alone turns them into
 one-line messages and exit codes: 0 all good, 1 some input failed, 2 usage error.
-``classify`` and ``info`` import only the edge runtime (never torch or onnx); ``train``,
-``evaluate`` and ``export`` import the training code on demand.
+``classify`` and ``info`` import only the edge runtime (never torch or onnx); the recipe
+table that ``train --recipe`` offers is torch-free too (``train/recipes.py``). ``train``,
+``evaluate`` and ``export`` import the rest of the training code on demand.
 """
 
 from __future__ import annotations
