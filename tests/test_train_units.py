@@ -437,25 +437,27 @@ def test_recipes_derive_from_the_shipped_one():
 
     option = next(p for p in cli.train.params if p.name == "recipe")
     assert option.default == recipes.SHIPPED_RECIPE  # `ser-edge train` trains what ships
-    # The one-change variants (_shipped_with) derive from the recipe that ships, not a copy.
-    assert recipes.RECIPES[recipes.SHIPPED_RECIPE] is recipes._SHIPPED
+    # The one-change variants (_ema_with) derive from the 0.7.0 recipe, not a copy; so does
+    # what ships since 0.8.0.
+    assert recipes.RECIPES["fast-cmn-speed-wide-ema"] is recipes._EMA
+    assert recipes.SHIPPED_RECIPE == "fast-cmn-speed-wide-ema-long"
     masks = recipes.RECIPES["fast-cmn-speed-wide-ema-masks"]
-    assert masks.model == recipes._SHIPPED.model and masks.train == recipes._SHIPPED.train
+    assert masks.model == recipes._EMA.model and masks.train == recipes._EMA.train
     assert (masks.augment.freq_mask_bins, masks.augment.time_mask_frames) == (32, 80)
-    shipped_masks = {k: getattr(recipes._SHIPPED.augment, k) for k in ("freq_mask_bins", "time_mask_frames")}
-    assert dataclasses.replace(masks.augment, **shipped_masks) == recipes._SHIPPED.augment
+    shipped_masks = {k: getattr(recipes._EMA.augment, k) for k in ("freq_mask_bins", "time_mask_frames")}
+    assert dataclasses.replace(masks.augment, **shipped_masks) == recipes._EMA.augment
     # The dropout row separates fast's two changes: default's dropout, the shipped lr.
     drop = recipes.RECIPES["fast-cmn-speed-wide-ema-drop"]
     default = recipes.RECIPES["default"].model
     assert (drop.model.conv_dropout, drop.model.transformer_dropout) == (default.conv_dropout, default.transformer_dropout)
-    assert drop.model.conv_dropout > recipes._SHIPPED.model.conv_dropout
-    assert drop.train == recipes._SHIPPED.train and drop.augment == recipes._SHIPPED.augment
-    assert dataclasses.replace(drop.model, conv_dropout=0.1, transformer_dropout=0.1) == recipes._SHIPPED.model
+    assert drop.model.conv_dropout > recipes._EMA.model.conv_dropout
+    assert drop.train == recipes._EMA.train and drop.augment == recipes._EMA.augment
+    assert dataclasses.replace(drop.model, conv_dropout=0.1, transformer_dropout=0.1) == recipes._EMA.model
     # The long-average row changes only the EMA decay, to a longer horizon than the shipped one.
     long = recipes.RECIPES["fast-cmn-speed-wide-ema-long"]
-    assert long.model == recipes._SHIPPED.model and long.augment == recipes._SHIPPED.augment
-    assert {**long.train, "ema_decay": recipes._SHIPPED.train["ema_decay"]} == recipes._SHIPPED.train
-    assert long.train_config().ema_decay > recipes._SHIPPED.train_config().ema_decay
+    assert long.model == recipes._EMA.model and long.augment == recipes._EMA.augment
+    assert {**long.train, "ema_decay": recipes._EMA.train["ema_decay"]} == recipes._EMA.train
+    assert long.train_config().ema_decay > recipes._EMA.train_config().ema_decay
 
 
 def test_cli_export_offers_every_weight_storage():
