@@ -80,7 +80,7 @@ def test_manifest_problems_are_one_line(tmp_path, text, problem):
 
 
 @pytest.mark.slow
-def test_train_export_classify_on_a_manifest(tmp_path):
+def test_train_export_classify_on_a_manifest(tmp_path, caplog):
     manifest = write_manifest(tmp_path)
     run_dir, cache, model = tmp_path / "run", tmp_path / "cache", tmp_path / "mine.onnx"
     runner = CliRunner()
@@ -88,6 +88,9 @@ def test_train_export_classify_on_a_manifest(tmp_path):
                                    "--quiet", "--threads", "1"])
     assert trained.exit_code == 0, trained.output
     assert "speakers as actors: 1 = ann, 2 = bob, 3 = cat, 4 = dan, 5 = eve" in trained.output
+    # The default recipe's per-step weight average spans hundreds of epochs of 30 clips: said once.
+    lags = [r.getMessage() for r in caplog.records if "weight average" in r.getMessage()]
+    assert len(lags) == 1 and lags[0].startswith(f"{run_dir}: the weight average (EMA decay 0.997") and "--ema-decay" in lags[0]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["labels"] == ["high", "low", "mid"] and config["model"]["n_classes"] == 3
     assert config["speakers"] == {str(i + 1): name for i, name in enumerate(SPEAKERS)}

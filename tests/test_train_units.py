@@ -1083,3 +1083,16 @@ def test_rebuild_refuses_an_unwritable_folder_before_training(monkeypatch, tmp_p
             rebuild.main(["--data", str(tmp_path), option, str(blocker / "x")])
         assert exit_info.value.code == 2
         assert f"error: {option} {blocker / 'x'}: {blocker} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_weight_average_that_spans_many_patiences_is_warned_about():
+    from ser_edge.train.trainer import ema_lag_warning
+
+    assert ema_lag_warning(0.997, 30, 12) is None  # RAVDESS's 16 training actors: about 11 epochs
+    assert ema_lag_warning(0.997, 27, 12) is None  # a CV fold's 14: about 12
+    assert ema_lag_warning(0.0, 1, 12) is None  # off
+    tiny = ema_lag_warning(0.997, 1, 12)  # 32 clips: about 333 epochs
+    assert tiny is not None and "spans about 333 epochs" in tiny and "after 12" in tiny
+    suggested = float(tiny.split("--ema-decay ")[1].split()[0])
+    assert ema_lag_warning(suggested, 1, 12) is None and 0 < suggested < 0.997
+    assert ema_lag_warning(0.997, 13, 12) is not None and ema_lag_warning(0.997, 14, 12) is None  # 25.6 vs 23.8 epochs
