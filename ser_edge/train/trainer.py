@@ -192,7 +192,7 @@ def clip_level(feature_set: FeatureSet, rows: np.ndarray, window_probs: np.ndarr
 # patience the averaged model, which is what validation judges and what is saved, still
 # carries much of the starting weights when early stopping looks at it: train() warns.
 EMA_LAG_PATIENCES = 2.0
-EMA_SUGGESTED_HORIZON_EPOCHS = 4.0  # the shipped 0.99 on RAVDESS: about 4 epochs
+EMA_SUGGESTED_HORIZON_EPOCHS = 4.0  # the 0.7.0 recipe's 0.99 on RAVDESS: about 4 epochs
 
 
 def ema_lag_warning(decay: float, batches_per_epoch: int, patience_epochs: int) -> str | None:
