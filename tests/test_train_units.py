@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import types
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,47 @@ def test_cross_validate_summary_and_single_folds(tmp_path, monkeypatch):
     with pytest.raises(ResumeMismatchError, match="fold_2: .*train.ema_decay"):
         pipeline.cross_validate(prepared, 5, tmp_path, seed=0, **kwargs)
     assert len(calls) == 5
+
+
+def test_cross_validate_trains_on_folds_that_a_lower_cap_ended(tmp_path, monkeypatch):
+    import json
+
+    from ser_edge.train import pipeline
+    from ser_edge.train.data import Clip
+    from ser_edge.train.trainer import TrainConfig
+
+    clips = [Clip(f"a{a}.wav", 3, 1, 1, 1, 1, 1, a) for a in ACTORS]
+    prepared = pipeline.Prepared(FeatureSet(clips, None, None, np.arange(len(clips)), np.zeros(len(clips))), "h", [], "/d")
+    # (epochs run, best epoch) per fold under a 150 cap and patience 12: folds 1 and 3 hit the cap.
+    stops = {0: (136, 124), 1: (150, 147), 2: (122, 110), 3: (150, 146), 4: (150, 138)}
+    trained = []
+
+    def fake_train(prepared, split, run_dir, train_config, **kwargs):
+        k = int(run_dir.name.split("_")[1])
+        trained.append(k)
+        ran, best = stops[k]
+        if (run_dir / "metrics.json").is_file():  # trained on from the checkpoint: 5 more good epochs, then early stop
+            best = ran + 5
+            ran = best + train_config.early_stop_patience
+        run_dir.mkdir(parents=True, exist_ok=True)
+        result = {"test": {"accuracy": 0.5, "macro_f1": 0.5, "uar": 0.5}, "best_epoch": best, "epochs_run": ran}
+        (run_dir / "metrics.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(pipeline, "train_split", fake_train)
+    monkeypatch.setattr(pipeline, "make_trainer", lambda *a, **k: types.SimpleNamespace(check_resumable=lambda: None))
+    base = dict(feature_config=SMALL_FEATURES, model_config=small_model_config(), augment=AugmentConfig.off())
+    capped, longer = TrainConfig(epochs=150), TrainConfig(epochs=250)
+    assert pipeline.cross_validate(prepared, 5, tmp_path, seed=0, train_config=capped, **base) is not None
+    assert trained == [0, 1, 2, 3, 4]
+    assert pipeline.finished(tmp_path / "fold_1", capped) and not pipeline.finished(tmp_path / "fold_1", longer)
+    assert pipeline.finished(tmp_path / "fold_4", longer)  # early-stopped at 150: the same under any cap
+    # One fold at a time with the higher cap: no summary until every capped fold has trained on.
+    assert pipeline.cross_validate(prepared, 5, tmp_path, seed=0, train_config=longer, only_fold=1, **base) is None
+    assert trained[5:] == [1]
+    out = pipeline.cross_validate(prepared, 5, tmp_path, seed=0, train_config=longer, **base)
+    assert trained[5:] == [1, 3] and [f["best_epoch"] for f in out["folds"]] == [124, 155, 110, 155, 138]
+    assert not pipeline.finished(tmp_path / "fold_0", TrainConfig(epochs=250, early_stop_patience=30))
 
 
 def test_synthetic_rir_decays_at_rt60():

@@ -88,6 +88,21 @@ def mean_std(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, floa
     }
 
 
+def finished(run_dir: Path, train_config: TrainConfig | None) -> bool:
+    """Whether ``run_dir`` holds a finished run that would also stop under ``train_config``:
+    the current early-stopping patience has run out, or the current cap is reached. A run
+    ended by a lower cap or a shorter patience is not finished: raising ``--epochs`` (or
+    the patience) trains it on from its checkpoint, as it does a single run."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return False
+    metrics = json.loads(path.read_text())
+    ran, best = metrics.get("epochs_run"), metrics.get("best_epoch")
+    if train_config is None or ran is None or best is None:
+        return True
+    return ran >= train_config.epochs or ran - best >= train_config.early_stop_patience
+
+
 def cross_validate(
     prepared: Prepared,
     folds: int,
@@ -102,7 +117,8 @@ def cross_validate(
     """Actor-wise K-fold; every fold's run folder under ``out_dir/fold_k``; mean +- std.
 
     ``only_fold`` trains one fold (to run folds in parallel processes); the summary is
-    written once every fold's ``metrics.json`` exists. Finished folds are not retrained.
+    written once every fold is finished. Finished folds are not retrained; a fold that the
+    epoch cap ended trains on from its checkpoint when the cap is raised (``finished``).
     ``teachers`` are cross-validations of the same folds: fold k distils from their
     ``fold_k`` runs.
     """
@@ -110,8 +126,9 @@ def cross_validate(
     actors = actors if actors is not None else {c.actor for c in prepared.feature_set.clips}
     splits = kfold_splits(actors, folds, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    train_config = kwargs.get("train_config")
     for k, split in enumerate(splits):
-        done = (out_dir / f"fold_{k}" / "metrics.json").is_file()
+        done = finished(out_dir / f"fold_{k}", train_config)
         fold_teachers = [Path(t) / f"fold_{k}" for t in teachers]
         if done:  # a finished fold is summarised, not retrained: it must be a run of this recipe
             make_trainer(prepared, split, out_dir / f"fold_{k}", teachers=fold_teachers, **kwargs).check_resumable()
@@ -120,10 +137,9 @@ def cross_validate(
             train_split(prepared, split, out_dir / f"fold_{k}", teachers=fold_teachers, **kwargs)
     results = []
     for k, split in enumerate(splits):
-        metrics_path = out_dir / f"fold_{k}" / "metrics.json"
-        if not metrics_path.is_file():
+        if not finished(out_dir / f"fold_{k}", train_config):
             return None
-        metrics = json.loads(metrics_path.read_text())
+        metrics = json.loads((out_dir / f"fold_{k}" / "metrics.json").read_text())
         results.append({"fold": k, "split": split.to_dict(), "test": metrics["test"], "best_epoch": metrics["best_epoch"]})
     summary = mean_std([r["test"] for r in results])
     out = {"folds": results, "summary": summary, "data_hash": prepared.data_hash}
