@@ -500,6 +500,10 @@ def test_recipes_derive_from_the_shipped_one():
     assert long.model == recipes._EMA.model and long.augment == recipes._EMA.augment
     assert {**long.train, "ema_decay": recipes._EMA.train["ema_decay"]} == recipes._EMA.train
     assert long.train_config().ema_decay > recipes._EMA.train_config().ema_decay
+    longer = recipes.RECIPES["fast-cmn-speed-wide-ema-longer"]
+    assert (longer.model, longer.augment) == (long.model, long.augment)
+    assert {**longer.train, "ema_decay": long.train["ema_decay"]} == long.train
+    assert longer.train_config().ema_decay > long.train_config().ema_decay
 
 
 def test_cli_export_offers_every_weight_storage():

@@ -182,6 +182,10 @@ RECIPES: dict[str, Recipe] = {
         train={"ema_decay": 0.997},
         summary="fast-cmn-speed-wide-ema with a longer weight average: decay 0.997 per step (about 12 epochs, the early-stopping patience) instead of 0.99 (about 4)",
     ),
+    "fast-cmn-speed-wide-ema-longer": _ema_with(
+        train={"ema_decay": 0.999},
+        summary="fast-cmn-speed-wide-ema with a weight average three times longer than -long's: decay 0.999 per step (about 37 epochs of a CV fold)",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
