@@ -205,9 +205,9 @@ def ema_lag_warning(decay: float, batches_per_epoch: int, patience_epochs: int) 
         return None
     suggested = 1.0 - 1.0 / (EMA_SUGGESTED_HORIZON_EPOCHS * batches_per_epoch)
     return (f"the weight average (EMA decay {decay:g} per step) spans about {horizon_epochs:.0f} epochs of this "
-            f"data ({batches_per_epoch} batches each), against early stopping after {patience_epochs}: the saved "
-            f"model will lag training; for data this small pass --ema-decay {suggested:.3g} "
-            f"(about {EMA_SUGGESTED_HORIZON_EPOCHS:g} epochs) or 0 (off)")
+            f"data ({batches_per_epoch} batch{'es' if batches_per_epoch != 1 else ''} each), against early stopping after {patience_epochs}: the saved "
+            f"model will lag training; --ema-decay {suggested:.3g} averages about "
+            f"{EMA_SUGGESTED_HORIZON_EPOCHS:g} epochs here, 0 turns it off")
 
 
 def averaged_model(model: ParallelModel, decay: float) -> torch.optim.swa_utils.AveragedModel:
