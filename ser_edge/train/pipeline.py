@@ -100,7 +100,7 @@ def finished(run_dir: Path, train_config: TrainConfig | None) -> bool:
     ran, best = metrics.get("epochs_run"), metrics.get("best_epoch")
     if train_config is None or ran is None or best is None:
         return True
-    return ran >= train_config.epochs or ran - best >= train_config.early_stop_patience
+    return train_config.stops(ran, ran - best)
 
 
 def cross_validate(

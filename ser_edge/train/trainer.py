@@ -65,6 +65,11 @@ class TrainConfig:
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
 
+    def stops(self, epoch: int, stale_epochs: int) -> bool:
+        """Whether a run at ``epoch``, ``stale_epochs`` after its best, trains no further:
+        the cap is reached or the early-stopping patience has run out."""
+        return epoch >= self.epochs or stale_epochs >= self.early_stop_patience
+
 
 # Config entries a resumed run may change: where things run and how long, not what is learned.
 RESUMABLE_CHANGES = frozenset({
@@ -187,7 +192,7 @@ def clip_level(feature_set: FeatureSet, rows: np.ndarray, window_probs: np.ndarr
 
 
 # The weight average's horizon (1 / (1 - decay) steps) is set per step, so on a small data
-# set it spans many epochs: the recipes' 0.997 is about 11 epochs of RAVDESS's 16 training
+# set it spans many epochs: the shipped recipe's 0.997 is about 11 epochs of RAVDESS's 16 training
 # actors (30 batches) but 333 epochs of 32 clips. Past this many times the early-stopping
 # patience the averaged model, which is what validation judges and what is saved, still
 # carries much of the starting weights when early stopping looks at it: train() warns.
@@ -204,10 +209,11 @@ def ema_lag_warning(decay: float, batches_per_epoch: int, patience_epochs: int) 
     if horizon_epochs <= EMA_LAG_PATIENCES * patience_epochs:
         return None
     suggested = 1.0 - 1.0 / (EMA_SUGGESTED_HORIZON_EPOCHS * batches_per_epoch)
+    batches = f"{batches_per_epoch} batch{'es' if batches_per_epoch != 1 else ''}"
     return (f"the weight average (EMA decay {decay:g} per step) spans about {horizon_epochs:.0f} epochs of this "
-            f"data ({batches_per_epoch} batch{'es' if batches_per_epoch != 1 else ''} each), against early stopping after {patience_epochs}: the saved "
-            f"model will lag training; --ema-decay {suggested:.3g} averages about "
-            f"{EMA_SUGGESTED_HORIZON_EPOCHS:g} epochs here, 0 turns it off")
+            f"data ({batches} each), against early stopping after {patience_epochs}: the saved model will lag "
+            f"training; --ema-decay {suggested:.3g} averages about {EMA_SUGGESTED_HORIZON_EPOCHS:g} epochs here, "
+            f"0 turns it off")
 
 
 def averaged_model(model: ParallelModel, decay: float) -> torch.optim.swa_utils.AveragedModel:
@@ -505,7 +511,7 @@ class Trainer:
         lag = ema_lag_warning(self.tc.ema_decay, n_batches, self.tc.early_stop_patience)
         if lag is not None:
             log.warning("%s: %s", self.run_dir, lag)
-        while state["epoch"] < self.tc.epochs and state["stale"] < self.tc.early_stop_patience:
+        while not self.tc.stops(state["epoch"], state["stale"]):
             epoch = state["epoch"] + 1
             bar = _progress(n_batches, f"epoch {epoch}/{self.tc.epochs}") if self.progress else None
             started = time.perf_counter()
