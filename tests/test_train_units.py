@@ -504,6 +504,11 @@ def test_recipes_derive_from_the_shipped_one():
     assert (longer.model, longer.augment) == (long.model, long.augment)
     assert {**longer.train, "ema_decay": long.train["ema_decay"]} == long.train
     assert longer.train_config().ema_decay > long.train_config().ema_decay
+    # The learning-rate row changes only the shipped recipe's learning rate, upwards.
+    lr2 = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2"]
+    assert (lr2.model, lr2.augment) == (long.model, long.augment)
+    assert {**lr2.train, "lr": long.train["lr"]} == long.train
+    assert lr2.train_config().lr == 2 * long.train_config().lr
 
 
 def test_cli_export_offers_every_weight_storage():
