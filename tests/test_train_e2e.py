@@ -202,6 +202,19 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     assert json.loads((report_dir / "cv_metrics.json").read_text()) == record
     with pytest.raises(ValueError, match="split the actors differently"):
         tool["cross_validation"]([cv["cv_a"], cv["cv_other"]], str(small_data), str(cache), report_dir)
+    # One member's clip probabilities written out stand in for its run folder: same CV.
+    dump_dir = tmp_path / "cv_b_probabilities"
+    written = tool["dump_probabilities"](cv["cv_b"], str(small_data), str(cache), dump_dir)
+    assert [p.name for p in written] == ["fold_0.probabilities.json"]
+    from_dump = tool["cross_validation"]([cv["cv_a"], dump_dir], str(small_data), str(cache), tmp_path / "cv_report_2")
+    for part in ("val", "test"):
+        got, want = from_dump["folds"][0][part], fold[part]
+        assert {k: got[k] for k in ("n", "accuracy", "macro_f1", "uar", "actors")} == \
+            {k: want[k] for k in ("n", "accuracy", "macro_f1", "uar", "actors")}
+        assert got["ece"] == pytest.approx(want["ece"], abs=1e-6)
+    assert from_dump["folds"][0]["members"][1]["run"] == str(dump_dir / "fold_0.probabilities.json")
+    with pytest.raises(ValueError, match="windows every 1.0 s, not 0.25 s"):
+        tool["cross_validation"]([cv["cv_a"], dump_dir], str(small_data), str(cache), tmp_path / "cv_report_3", 0.25)
     # Denser windows: the same clips, more windows per clip longer than 3 s, so other
     # averaged probabilities (every clip here lasts 3.2-4.0 s).
     _, coarse = tool["ensemble"]([run_dir / "seed_1"], str(small_data), list(split["test"]), str(cache))

@@ -3,6 +3,7 @@
 usage:
     python tools/ensemble_eval.py --data DIR --actors 7,10,18,21 RUN_DIR RUN_DIR ...
     python tools/ensemble_eval.py --data DIR --cv-out docs/cv-X CV_DIR CV_DIR ...
+    python tools/ensemble_eval.py --data DIR --dump docs/ablation/probs-X CV_DIR
 
 With ``--actors``: each run is evaluated alone (PyTorch, its own scaler) and then as the
 average of all runs' clip probabilities, on those actors. Runs must have been trained
@@ -13,6 +14,12 @@ one recipe with different seeds; every fold they share must have the same actor 
 Per fold, the ensemble is evaluated on the fold's validation and test actors; written to
 ``--cv-out``: ``fold_k.report.txt`` (the test actors' per-class report) and
 ``cv_metrics.json`` (per fold: ensemble and member summaries; mean +- std over folds).
+
+With ``--dump``: each finished fold of one cross-validation is evaluated on its validation
+and test actors and its clip probabilities are written to ``fold_k.probabilities.json``
+(a few tens of kB; no weights). Such a folder stands in for the cross-validation in
+``--cv-out``, so a seed ensemble can be measured after the run folders are gone (a machine
+that comes back empty, a fold trained in another session).
 
 ``--hop S`` evaluates with windows every S seconds on clips longer than one window
 (default: the runtime's ``DEFAULT_HOP_S``).
@@ -30,6 +37,9 @@ import numpy as np
 from ser_edge.edge_runtime.audio import DEFAULT_HOP_S
 from ser_edge.train.pipeline import SUMMARY_METRICS, mean_std
 
+PROBABILITIES_SUFFIX = ".probabilities.json"
+PROBABILITY_DECIMALS = 7  # far below any gap between two classes that decides a clip
+
 
 def ensemble(runs: list[Path], data: str, actors: list[int], cache: str, hop_s: float = DEFAULT_HOP_S):
     """(member Evaluations, ensemble Evaluation) on ``actors``; ValueError on a misuse."""
@@ -40,31 +50,100 @@ def ensemble(runs: list[Path], data: str, actors: list[int], cache: str, hop_s: 
         if set(actors) & set(split["train"]):
             raise ValueError(f"{run}: actors {sorted(set(actors) & set(split['train']))} were training actors")
     members = [evaluate_run(run, data, actors, cache_dir=cache, hop_s=hop_s) for run in runs]
-    for run, ev in zip(runs, members):
-        if not np.array_equal(ev.y_true, members[0].y_true):
-            raise ValueError(f"{run}: evaluated a different clip list")
+    return members, mean_of(runs, members)
+
+
+def mean_of(sources: list[Path], members: list):
+    """The Evaluation whose probabilities are the members' mean; ValueError if their clips differ."""
+    for source, ev in zip(sources, members):
+        if not np.array_equal(ev.y_true, members[0].y_true) or not np.array_equal(ev.clip_actors, members[0].clip_actors):
+            raise ValueError(f"{source}: evaluated a different clip list")
     mean = np.mean([ev.probabilities for ev in members], axis=0)
-    return members, dataclasses.replace(members[0], probabilities=mean)
+    return dataclasses.replace(members[0], probabilities=mean)
+
+
+def dump_probabilities(cv_dir: Path, data: str, cache: str, out: Path, hop_s: float = DEFAULT_HOP_S) -> list[Path]:
+    """Write each finished fold's clip probabilities on its validation and test actors."""
+    from ser_edge.train.evaluate import evaluate_run
+
+    folds = sorted((p.parent for p in cv_dir.glob("fold_*/metrics.json")), key=lambda p: int(p.name.split("_")[1]))
+    if not folds:
+        raise ValueError(f"{cv_dir}: no finished fold")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for run in folds:
+        config = json.loads((run / "config.json").read_text())
+        split = config["split"]
+        ev = evaluate_run(run, data, [*split["val"], *split["test"]], cache_dir=cache, hop_s=hop_s)
+        record = {"run": str(run), "code_version": config.get("code_version"), "hop_s": hop_s, "split": split,
+                  "labels": list(ev.labels), "actors": list(ev.actors), "skipped": list(ev.skipped),
+                  "clip_actors": ev.clip_actors.tolist(), "y_true": ev.y_true.tolist(),
+                  "probabilities": np.round(ev.probabilities.astype(float), PROBABILITY_DECIMALS).tolist()}
+        path = out / f"{run.name}{PROBABILITIES_SUFFIX}"
+        path.write_text(json.dumps(record, separators=(",", ":")))
+        written.append(path)
+        print(f"{path}: {len(ev.y_true)} clips of actors {ev.actors}")
+    return written
+
+
+def load_probabilities(path: Path, hop_s: float):
+    """An Evaluation read back from a ``--dump`` file; ValueError if it was made with another hop."""
+    from ser_edge.train.evaluate import Evaluation
+
+    record = json.loads(path.read_text())
+    if record["hop_s"] != hop_s:
+        raise ValueError(f"{path}: evaluated with windows every {record['hop_s']} s, not {hop_s} s")
+    return Evaluation(actors=record["actors"], labels=tuple(record["labels"]), y_true=np.asarray(record["y_true"]),
+                      probabilities=np.asarray(record["probabilities"]), skipped=record["skipped"],
+                      clip_actors=np.asarray(record["clip_actors"]))
 
 
 def _brief(summary: dict) -> dict:
     return {k: summary[k] for k in ("n", *SUMMARY_METRICS, "ece", "actors")}
 
 
+def _finished(cv_dir: Path) -> set[str]:
+    """The ``fold_k`` names of a cross-validation's finished folds, or of a ``--dump`` folder's files."""
+    runs = {p.parent.name for p in cv_dir.glob("fold_*/metrics.json")}
+    dumps = {p.name[: -len(PROBABILITIES_SUFFIX)] for p in cv_dir.glob(f"fold_*{PROBABILITIES_SUFFIX}")}
+    return runs | dumps
+
+
 def shared_folds(cv_dirs: list[Path]) -> list[str]:
     """The ``fold_k`` names every CV folder has finished, in fold order; ValueError if none."""
-    shared = set.intersection(*({p.parent.name for p in d.glob("fold_*/metrics.json")} for d in cv_dirs))
+    shared = set.intersection(*(_finished(d) for d in cv_dirs))
     if not shared:
         raise ValueError(f"no finished fold is shared by {', '.join(map(str, cv_dirs))}")
     return sorted(shared, key=lambda name: int(name.split("_")[1]))
 
 
+def _dump_file(cv_dir: Path, fold: str) -> Path:
+    return cv_dir / f"{fold}{PROBABILITIES_SUFFIX}"
+
+
 def fold_split(runs: list[Path]) -> dict:
-    """The actor split the runs of one fold share; ValueError if they differ."""
-    splits = [json.loads((run / "config.json").read_text())["split"] for run in runs]
+    """The actor split the runs of one fold (run folders or ``--dump`` files) share; ValueError if they differ."""
+    splits = [json.loads((run if run.is_file() else run / "config.json").read_text())["split"] for run in runs]
     if any(s != splits[0] for s in splits):
         raise ValueError(f"{runs[0].name}: the folders split the actors differently")
     return splits[0]
+
+
+def _fold_members(cv_dirs: list[Path], fold: str, data: str, actors: list[int], cache: str, hop_s: float):
+    """Each CV folder's member of ``fold`` evaluated on ``actors``: its run, or its ``--dump`` file."""
+    from ser_edge.train.evaluate import evaluate_run
+
+    members = []
+    for cv_dir in cv_dirs:
+        dump = _dump_file(cv_dir, fold)
+        if (cv_dir / fold / "metrics.json").is_file():
+            members.append(evaluate_run(cv_dir / fold, data, actors, cache_dir=cache, hop_s=hop_s))
+        else:
+            ev = load_probabilities(dump, hop_s)
+            if sorted(ev.actors) != sorted(actors):
+                raise ValueError(f"{dump}: holds actors {ev.actors}, not {sorted(actors)}")
+            members.append(ev)
+    return members
 
 
 def cross_validation(cv_dirs: list[Path], data: str, cache: str, out: Path, hop_s: float = DEFAULT_HOP_S) -> dict:
@@ -73,11 +152,12 @@ def cross_validation(cv_dirs: list[Path], data: str, cache: str, out: Path, hop_
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for fold in folds:
-        runs = [d / fold for d in cv_dirs]
+        runs = [d / fold if (d / fold / "metrics.json").is_file() else _dump_file(d, fold) for d in cv_dirs]
         split = fold_split(runs)
         row = {"fold": int(fold.split("_")[1]), "split": split, "members": [{"run": str(r)} for r in runs]}
         # One evaluation per member on the validation and test actors together, split below.
-        all_members, all_ens = ensemble(runs, data, [*split["val"], *split["test"]], cache, hop_s)
+        all_members = _fold_members(cv_dirs, fold, data, [*split["val"], *split["test"]], cache, hop_s)
+        all_ens = mean_of(runs, all_members)
         for part in ("val", "test"):
             members, ens = [ev.only(split[part]) for ev in all_members], all_ens.only(split[part])
             row[part] = _brief(ens.summary)
@@ -105,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--actors", help="comma-separated actor numbers (positional: run folders)")
-    mode.add_argument("--cv-out", help="report folder (positional: cross-validation folders)")
+    mode.add_argument("--cv-out", help="report folder (positional: cross-validation or --dump folders)")
+    mode.add_argument("--dump", help="folder for each fold's clip probabilities (positional: one cross-validation)")
     parser.add_argument("--cache", default=".cache/ser-edge")
     parser.add_argument("--hop", type=float, default=DEFAULT_HOP_S,
                         help=f"seconds between windows on clips longer than one (default {DEFAULT_HOP_S}, the runtime's)")
@@ -114,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cv_out:
             cross_validation(args.runs, args.data, args.cache, Path(args.cv_out), args.hop)
+            return 0
+        if args.dump:
+            if len(args.runs) != 1:
+                raise ValueError("--dump takes one cross-validation folder")
+            dump_probabilities(args.runs[0], args.data, args.cache, Path(args.dump), args.hop)
             return 0
         actors = [int(a) for a in args.actors.split(",")]
         members, ens = ensemble(args.runs, args.data, actors, args.cache, args.hop)
