@@ -117,32 +117,33 @@ def shared_folds(cv_dirs: list[Path]) -> list[str]:
     return sorted(shared, key=lambda name: int(name.split("_")[1]))
 
 
-def _dump_file(cv_dir: Path, fold: str) -> Path:
-    return cv_dir / f"{fold}{PROBABILITIES_SUFFIX}"
+def member_source(cv_dir: Path, fold: str) -> Path:
+    """Where a CV folder keeps ``fold``: its run folder if it has one, else its ``--dump`` file."""
+    run = cv_dir / fold
+    return run if (run / "metrics.json").is_file() else cv_dir / f"{fold}{PROBABILITIES_SUFFIX}"
 
 
 def fold_split(runs: list[Path]) -> dict:
     """The actor split the runs of one fold (run folders or ``--dump`` files) share; ValueError if they differ."""
-    splits = [json.loads((run if run.is_file() else run / "config.json").read_text())["split"] for run in runs]
+    splits = [json.loads((run / "config.json" if run.is_dir() else run).read_text())["split"] for run in runs]
     if any(s != splits[0] for s in splits):
         raise ValueError(f"{runs[0].name}: the folders split the actors differently")
     return splits[0]
 
 
-def _fold_members(cv_dirs: list[Path], fold: str, data: str, actors: list[int], cache: str, hop_s: float):
-    """Each CV folder's member of ``fold`` evaluated on ``actors``: its run, or its ``--dump`` file."""
+def _fold_members(sources: list[Path], data: str, actors: list[int], cache: str, hop_s: float):
+    """Each member of one fold evaluated on ``actors``: a run folder, or read from its ``--dump`` file."""
     from ser_edge.train.evaluate import evaluate_run
 
     members = []
-    for cv_dir in cv_dirs:
-        dump = _dump_file(cv_dir, fold)
-        if (cv_dir / fold / "metrics.json").is_file():
-            members.append(evaluate_run(cv_dir / fold, data, actors, cache_dir=cache, hop_s=hop_s))
-        else:
-            ev = load_probabilities(dump, hop_s)
-            if sorted(ev.actors) != sorted(actors):
-                raise ValueError(f"{dump}: holds actors {ev.actors}, not {sorted(actors)}")
-            members.append(ev)
+    for source in sources:
+        if source.is_dir():
+            members.append(evaluate_run(source, data, actors, cache_dir=cache, hop_s=hop_s))
+            continue
+        ev = load_probabilities(source, hop_s)
+        if sorted(ev.actors) != sorted(actors):
+            raise ValueError(f"{source}: holds actors {ev.actors}, not {sorted(actors)}")
+        members.append(ev)
     return members
 
 
@@ -152,11 +153,11 @@ def cross_validation(cv_dirs: list[Path], data: str, cache: str, out: Path, hop_
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for fold in folds:
-        runs = [d / fold if (d / fold / "metrics.json").is_file() else _dump_file(d, fold) for d in cv_dirs]
+        runs = [member_source(d, fold) for d in cv_dirs]
         split = fold_split(runs)
         row = {"fold": int(fold.split("_")[1]), "split": split, "members": [{"run": str(r)} for r in runs]}
         # One evaluation per member on the validation and test actors together, split below.
-        all_members = _fold_members(cv_dirs, fold, data, [*split["val"], *split["test"]], cache, hop_s)
+        all_members = _fold_members(runs, data, [*split["val"], *split["test"]], cache, hop_s)
         all_ens = mean_of(runs, all_members)
         for part in ("val", "test"):
             members, ens = [ev.only(split[part]) for ev in all_members], all_ens.only(split[part])
