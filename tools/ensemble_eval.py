@@ -66,7 +66,7 @@ def dump_probabilities(cv_dir: Path, data: str, cache: str, out: Path, hop_s: fl
     """Write each finished fold's clip probabilities on its validation and test actors."""
     from ser_edge.train.evaluate import evaluate_run
 
-    folds = sorted((p.parent for p in cv_dir.glob("fold_*/metrics.json")), key=lambda p: int(p.name.split("_")[1]))
+    folds = _finished_runs(cv_dir)
     if not folds:
         raise ValueError(f"{cv_dir}: no finished fold")
     out.mkdir(parents=True, exist_ok=True)
@@ -102,11 +102,19 @@ def _brief(summary: dict) -> dict:
     return {k: summary[k] for k in ("n", *SUMMARY_METRICS, "ece", "actors")}
 
 
+def _fold_index(name: str) -> int:
+    return int(name.split("_")[1])
+
+
+def _finished_runs(cv_dir: Path) -> list[Path]:
+    """A cross-validation's finished fold folders (those with a ``metrics.json``), in fold order."""
+    return sorted((p.parent for p in cv_dir.glob("fold_*/metrics.json")), key=lambda run: _fold_index(run.name))
+
+
 def _finished(cv_dir: Path) -> set[str]:
     """The ``fold_k`` names of a cross-validation's finished folds, or of a ``--dump`` folder's files."""
-    runs = {p.parent.name for p in cv_dir.glob("fold_*/metrics.json")}
     dumps = {p.name[: -len(PROBABILITIES_SUFFIX)] for p in cv_dir.glob(f"fold_*{PROBABILITIES_SUFFIX}")}
-    return runs | dumps
+    return {run.name for run in _finished_runs(cv_dir)} | dumps
 
 
 def shared_folds(cv_dirs: list[Path]) -> list[str]:
@@ -114,7 +122,7 @@ def shared_folds(cv_dirs: list[Path]) -> list[str]:
     shared = set.intersection(*(_finished(d) for d in cv_dirs))
     if not shared:
         raise ValueError(f"no finished fold is shared by {', '.join(map(str, cv_dirs))}")
-    return sorted(shared, key=lambda name: int(name.split("_")[1]))
+    return sorted(shared, key=_fold_index)
 
 
 def member_source(cv_dir: Path, fold: str) -> Path:
@@ -155,7 +163,7 @@ def cross_validation(cv_dirs: list[Path], data: str, cache: str, out: Path, hop_
     for fold in folds:
         runs = [member_source(d, fold) for d in cv_dirs]
         split = fold_split(runs)
-        row = {"fold": int(fold.split("_")[1]), "split": split, "members": [{"run": str(r)} for r in runs]}
+        row = {"fold": _fold_index(fold), "split": split, "members": [{"run": str(r)} for r in runs]}
         # One evaluation per member on the validation and test actors together, split below.
         all_members = _fold_members(runs, data, [*split["val"], *split["test"]], cache, hop_s)
         all_ens = mean_of(runs, all_members)
