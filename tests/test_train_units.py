@@ -480,9 +480,12 @@ def test_recipes_derive_from_the_shipped_one():
     option = next(p for p in cli.train.params if p.name == "recipe")
     assert option.default == recipes.SHIPPED_RECIPE  # `ser-edge train` trains what ships
     # The one-change variants (_ema_with) derive from the 0.7.0 recipe, not a copy; so does
-    # what ships since 0.8.0.
+    # 0.8.0's, and what ships since 0.9.0 is 0.8.0's with only the learning rate changed.
     assert recipes.RECIPES["fast-cmn-speed-wide-ema"] is recipes._EMA
-    assert recipes.SHIPPED_RECIPE == "fast-cmn-speed-wide-ema-long"
+    assert recipes.SHIPPED_RECIPE == "fast-cmn-speed-wide-ema-long-lr2"
+    shipped, long = recipes.RECIPES[recipes.SHIPPED_RECIPE], recipes.RECIPES["fast-cmn-speed-wide-ema-long"]
+    assert shipped.model == long.model and shipped.augment == long.augment
+    assert {**shipped.train, "lr": long.train["lr"]} == long.train and shipped.train["lr"] == 2 * long.train["lr"]
     masks = recipes.RECIPES["fast-cmn-speed-wide-ema-masks"]
     assert masks.model == recipes._EMA.model and masks.train == recipes._EMA.train
     assert (masks.augment.freq_mask_bins, masks.augment.time_mask_frames) == (32, 80)
