@@ -51,7 +51,7 @@ def test_recipes_load_and_are_listed_with_torch_blocked():
     assert "fast-cmn-speed-wide-ema-long" in names and len(names) == len(set(names)) > 20
     flat = "".join(help_text.split())  # click wraps long lines, also inside names
     assert flat.split("--recipe[", 1)[1].split("]", 1)[0].split("|") == names
-    assert "[default:fast-cmn-speed-wide-ema-long]" in flat
+    assert "[default:fast-cmn-speed-wide-ema-long-lr2]" in flat
 
 
 def test_training_command_reports_missing_extra():

@@ -66,8 +66,9 @@ FAST_CMN_MODEL = ModelConfig(conv_dropout=0.1, transformer_dropout=0.1, utteranc
 
 # The recipe shipped in 0.7.0 ("fast-cmn-speed-wide-ema"): the fast-cmn model, speed
 # perturbation 0.8-1.2x on half the training windows, and a weight average. The one-change
-# ablation rows below (_ema_with) derive from it; so does what ships since 0.8.0, its
-# longer weight average ("fast-cmn-speed-wide-ema-long", SHIPPED_RECIPE below).
+# ablation rows below (_ema_with) derive from it; so does what shipped in 0.8.0, its
+# longer weight average ("fast-cmn-speed-wide-ema-long"), and what ships since 0.9.0, that
+# with learning rate 2e-3 ("fast-cmn-speed-wide-ema-long-lr2", SHIPPED_RECIPE below).
 _EMA = Recipe(
     FAST_CMN_MODEL,
     AugmentConfig(speed_prob=0.5, speed_range=(0.8, 1.2)),
