@@ -509,6 +509,11 @@ def test_recipes_derive_from_the_shipped_one():
     assert (lr2.model, lr2.augment) == (long.model, long.augment)
     assert {**lr2.train, "lr": long.train["lr"]} == long.train
     assert lr2.train_config().lr == 2 * long.train_config().lr
+    # The next learning-rate row changes only the shipped recipe's learning rate, upwards.
+    lr4 = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr4"]
+    assert (lr4.model, lr4.augment) == (lr2.model, lr2.augment)
+    assert {**lr4.train, "lr": lr2.train["lr"]} == lr2.train
+    assert lr4.train_config().lr == 2 * lr2.train_config().lr
 
 
 def test_cli_export_offers_every_weight_storage():
