@@ -249,3 +249,32 @@ def test_onnx_ab_times_two_graphs_in_alternation(tmp_path, capsys):
     assert out[2].startswith("paired over 4: median B - A ")
     assert tool["main"]([str(a), str(tmp_path / "absent.onnx")]) == 1
     assert "absent.onnx: no such file" in capsys.readouterr().err
+
+
+def test_branch_share_sees_a_branch_the_classifier_ignores(tmp_path):
+    """Zero the classifier's weights on the transformer's features: that branch's part of
+    the logits no longer varies and gets no gradient, while the CNN's still does."""
+    import dataclasses
+
+    import torch
+
+    from ser_edge.edge_runtime.features import FeatureConfig
+    from ser_edge.models.parallel import ModelConfig
+    from ser_edge.train.trainer import build_model
+
+    tool = runpy.run_path(str(REPO / "tools" / "branch_share.py"))
+    torch.manual_seed(0)
+    config = ModelConfig()
+    model = build_model(config, FeatureConfig(), "cpu")
+    path = tmp_path / "weights.pt"
+    torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(config)}, path)
+    alive = tool["branch_share"](tool["load"](path), 8, 0)
+    assert alive["logit_std_transformer"] > 0 and alive["grad_norm_transformer_layer0"] > 0
+    with torch.no_grad():
+        model.classifier.weight[:, -config.d_model :] = 0
+    torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(config)}, path)
+    dead = tool["branch_share"](tool["load"](path), 8, 0)
+    assert dead["head_weight_norm_transformer"] == 0 and dead["logit_std_transformer"] == 0
+    assert dead["grad_norm_transformer_layer0"] == 0
+    assert dead["logit_std_cnn"] == pytest.approx(alive["logit_std_cnn"])
+    assert dead["grad_norm_cnn_last_conv"] > 0

@@ -1,0 +1,86 @@
+"""How much does each branch of a trained ParallelModel feed its predictions?
+
+usage:
+    python tools/branch_share.py RUN_DIR_OR_WEIGHTS [...] [--batch 64] [--seed 0]
+
+Each argument is a run folder (its ``best_parallel_ser.pt``, the weights it is evaluated
+with) or a ``.pt`` file holding ``model`` and ``model_config`` (a run's ``checkpoint.pt``
+holds the training weights under ``model``; its config is read from ``config.json``
+beside it). The classifier is linear over ``[CNN features, transformer features]``, so its
+logits are the sum of one part per branch; per model this prints
+
+- the norm of the classifier's weights on each branch's features,
+- the standard deviation over a batch of each branch's part of the logits, and
+- the gradient norm of the cross-entropy at the CNN's last convolution and at the first
+  transformer layer's attention input projection (training mode, dropout on),
+
+for a batch of standard-normal log-mels (the scaler makes real inputs about zero-mean,
+unit-variance) with random labels: what it measures is how the weights route a signal,
+not accuracy. A branch whose logit part does not vary with the input adds nothing.
+
+Needs the train extra (torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ser_edge.edge_runtime.features import FeatureConfig
+from ser_edge.models.parallel import ModelConfig
+from ser_edge.train.trainer import BEST_WEIGHTS, build_model
+
+N_CLASSES_DEFAULT = 8
+
+
+def load(path: Path) -> torch.nn.Module:
+    file = path / BEST_WEIGHTS if path.is_dir() else path
+    saved = torch.load(file, map_location="cpu", weights_only=False)
+    config = saved.get("model_config") or json.loads((file.parent / "config.json").read_text())["model"]
+    model = build_model(ModelConfig.from_dict(config), FeatureConfig(), "cpu")
+    model.load_state_dict(saved["model"])
+    return model
+
+
+def branch_share(model: torch.nn.Module, batch: int, seed: int) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(seed)
+    fc = FeatureConfig()
+    x = torch.randn(batch, 1, fc.n_mels, fc.n_frames, generator=gen)
+    model.eval()
+    with torch.no_grad():
+        embedding = model.embed(x)
+    n_trans = model.config.d_model
+    weight = model.classifier.weight.detach()
+    conv_part = embedding[:, :-n_trans] @ weight[:, :-n_trans].T
+    trans_part = embedding[:, -n_trans:] @ weight[:, -n_trans:].T
+    model.train()
+    labels = torch.randint(0, weight.shape[0], (batch,), generator=gen)
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), labels).backward()
+    conv_last = [m for m in model.conv.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    return {
+        "head_weight_norm_cnn": float(weight[:, :-n_trans].norm()),
+        "head_weight_norm_transformer": float(weight[:, -n_trans:].norm()),
+        "logit_std_cnn": float(conv_part.std(dim=0).mean()),
+        "logit_std_transformer": float(trans_part.std(dim=0).mean()),
+        "grad_norm_cnn_last_conv": float(conv_last.weight.grad.norm()),
+        "grad_norm_transformer_layer0": float(model.transformer.layers[0].self_attn.in_proj_weight.grad.norm()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for path in args.models:
+        row = branch_share(load(path), args.batch, args.seed)
+        print(path, " ".join(f"{k} {v:.3g}" for k, v in row.items()))
+
+
+if __name__ == "__main__":
+    main()
