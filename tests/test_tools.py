@@ -278,3 +278,21 @@ def test_branch_share_sees_a_branch_the_classifier_ignores(tmp_path):
     assert dead["grad_norm_transformer_layer0"] == 0
     assert dead["logit_std_cnn"] == pytest.approx(alive["logit_std_cnn"])
     assert dead["grad_norm_cnn_last_conv"] > 0
+
+
+def test_branch_share_onnx_mode_ablates_the_shipped_members_classifier_columns(tmp_path, wav):
+    """Zeroing no columns changes nothing; zeroing them all leaves a model whose answer no
+    longer depends on the audio."""
+    from ser_edge.edge_runtime.session import EmotionClassifier
+
+    tool = runpy.run_path(str(REPO / "tools" / "branch_share.py"))
+    shipped = REPO / "ser_edge" / "models" / "ser_edge_default.onnx"
+    clips = [wav(220.0, name="low.wav"), wav(1760.0, name="high.wav")]
+    unchanged = tool["compare_without_columns"](shipped, clips, 0)
+    assert unchanged == {"clips": 2, "same_label": 2, "median_change": 0.0, "max_change": 0.0}
+    blind = tmp_path / "blind.onnx"
+    tool["without_columns"](shipped, blind, 4416)
+    low, high = (EmotionClassifier(blind).predict_file(c).probabilities for c in clips)
+    assert low == pytest.approx(high, abs=1e-6)
+    assert EmotionClassifier(shipped).predict_file(clips[0]).probabilities != pytest.approx(
+        EmotionClassifier(shipped).predict_file(clips[1]).probabilities, abs=1e-3)

@@ -18,7 +18,13 @@ for a batch of standard-normal log-mels (the scaler makes real inputs about zero
 unit-variance) with random labels: what it measures is how the weights route a signal,
 not accuracy. A branch whose logit part does not vary with the input adds nothing.
 
-Needs the train extra (torch).
+With ``--onnx MODEL.onnx --clips FILE ...`` it measures an exported model on real audio
+instead: every member's classifier loses its weights on the last ``--columns`` features
+(default 64, the transformer's), and the edge runtime's predictions with and without them
+are compared clip by clip (labels kept, largest change of a class probability). What
+stays is an upper bound on what that branch does, as its constant part goes too.
+
+Needs the train extra (torch; onnx for ``--onnx``).
 """
 
 from __future__ import annotations
@@ -71,12 +77,56 @@ def branch_share(model: torch.nn.Module, batch: int, seed: int) -> dict[str, flo
     }
 
 
+def without_columns(model_path: Path, out_path: Path, columns: int) -> None:
+    """A copy of an exported model whose members' classifiers ignore their last ``columns`` features."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path))
+    heads = [t for t in model.graph.initializer if t.name.startswith("models.") and ".classifier.weight" in t.name]
+    if not heads:
+        raise SystemExit(f"{model_path}: no members' classifier weights found")
+    for tensor in heads:
+        weight = numpy_helper.to_array(tensor).copy()
+        weight[:, weight.shape[1] - columns :] = 0
+        tensor.CopyFrom(numpy_helper.from_array(weight, tensor.name))
+    onnx.save(model, str(out_path))
+
+
+def compare_without_columns(model_path: Path, clips: list[Path], columns: int) -> dict[str, float]:
+    import tempfile
+
+    import numpy as np
+
+    from ser_edge.edge_runtime.session import EmotionClassifier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ablated_path = Path(tmp) / "ablated.onnx"
+        without_columns(model_path, ablated_path, columns)
+        full, ablated = EmotionClassifier(model_path), EmotionClassifier(ablated_path)
+        same, changes = 0, []
+        for clip in clips:
+            a, b = full.predict_file(clip), ablated.predict_file(clip)
+            same += a.label == b.label
+            changes.append(max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities))
+    return {"clips": len(clips), "same_label": same, "median_change": float(np.median(changes)),
+            "max_change": float(np.max(changes))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("models", nargs="*", type=Path)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--onnx", type=Path, help="an exported model, measured on --clips")
+    parser.add_argument("--clips", nargs="+", type=Path, default=[])
+    parser.add_argument("--columns", type=int, default=ModelConfig().d_model)
     args = parser.parse_args()
+    if args.onnx is not None:
+        if not args.clips:
+            parser.error("--onnx needs --clips")
+        row = compare_without_columns(args.onnx, args.clips, args.columns)
+        print(args.onnx, " ".join(f"{k} {v:.3g}" for k, v in row.items()))
     for path in args.models:
         row = branch_share(load(path), args.batch, args.seed)
         print(path, " ".join(f"{k} {v:.3g}" for k, v in row.items()))
