@@ -514,6 +514,11 @@ def test_recipes_derive_from_the_shipped_one():
     assert (lr4.model, lr4.augment) == (lr2.model, lr2.augment)
     assert {**lr4.train, "lr": lr2.train["lr"]} == lr2.train
     assert lr4.train_config().lr == 2 * lr2.train_config().lr
+    # The pre-norm row changes only where the shipped recipe's encoder layers normalise.
+    prenorm = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-prenorm"]
+    assert (prenorm.augment, prenorm.train) == (lr2.augment, lr2.train)
+    assert prenorm.model.transformer_norm_first and not lr2.model.transformer_norm_first
+    assert dataclasses.replace(prenorm.model, transformer_norm_first=False) == lr2.model
 
 
 def test_cli_export_offers_every_weight_storage():

@@ -52,6 +52,7 @@ def load(path: Path) -> torch.nn.Module:
 
 
 def branch_share(model: torch.nn.Module, batch: int, seed: int) -> dict[str, float]:
+    torch.manual_seed(seed)  # dropout draws from the global generator
     gen = torch.Generator().manual_seed(seed)
     fc = FeatureConfig()
     x = torch.randn(batch, 1, fc.n_mels, fc.n_frames, generator=gen)

@@ -28,6 +28,9 @@ class ModelConfig:
     n_layers: int = 4
     transformer_dropout: float = 0.4
     transformer_pool: tuple[int, int] = (2, 8)  # (freq, time): 128 mels -> d_model 64
+    # Layer norm before each encoder sub-layer (pre-norm) instead of after it (PyTorch's
+    # default, post-norm). docs/ablation.md, "The transformer branch goes unused".
+    transformer_norm_first: bool = False
     # Per-utterance mean normalisation: subtract each mel band's mean over the window's
     # frames before both branches (removes a fixed channel/speaker spectral envelope).
     utterance_norm: bool = False

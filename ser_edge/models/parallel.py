@@ -78,6 +78,7 @@ class ParallelModel(nn.Module):
             dropout=config.transformer_dropout,
             activation="relu",
             batch_first=True,
+            norm_first=config.transformer_norm_first,
         )
         # enable_nested_tensor=False keeps the eager fast path out of training and export.
         self.transformer = nn.TransformerEncoder(layer, num_layers=config.n_layers, enable_nested_tensor=False)

@@ -203,6 +203,12 @@ RECIPES: dict[str, Recipe] = {
         _LONG, train={**_LONG.train, "lr": 4e-3},
         summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with AdamW's learning rate 4e-3 instead of 2e-3",
     ),
+    # The shipped recipe with pre-norm encoder layers (docs/ablation.md, session 41: the
+    # post-norm transformer branch stops contributing within about ten epochs).
+    "fast-cmn-speed-wide-ema-long-lr2-prenorm": dataclasses.replace(
+        _LONG, model=dataclasses.replace(_LONG.model, transformer_norm_first=True), train={**_LONG.train, "lr": 2e-3},
+        summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with pre-norm transformer encoder layers",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
