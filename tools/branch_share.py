@@ -21,8 +21,8 @@ not accuracy. A branch whose logit part does not vary with the input adds nothin
 With ``--onnx MODEL.onnx --clips FILE ...`` it measures an exported model on real audio
 instead: every member's classifier loses its weights on the last ``--columns`` features
 (default 64, the transformer's), and the edge runtime's predictions with and without them
-are compared clip by clip (labels kept, largest change of a class probability). What
-stays is an upper bound on what that branch does, as its constant part goes too.
+are compared clip by clip (labels kept, largest change of a class probability). The
+change bounds what that branch does from above, as its constant part goes too.
 
 Needs the train extra (torch; onnx for ``--onnx``).
 """
@@ -38,8 +38,6 @@ import torch
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig
 from ser_edge.train.trainer import BEST_WEIGHTS, build_model
-
-N_CLASSES_DEFAULT = 8
 
 
 def load(path: Path) -> torch.nn.Module:
