@@ -37,13 +37,14 @@ import torch
 
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig
-from ser_edge.train.trainer import BEST_WEIGHTS, build_model
+from ser_edge.train.trainer import build_model, load_model
 
 
 def load(path: Path) -> torch.nn.Module:
-    file = path / BEST_WEIGHTS if path.is_dir() else path
-    saved = torch.load(file, map_location="cpu", weights_only=False)
-    config = saved.get("model_config") or json.loads((file.parent / "config.json").read_text())["model"]
+    if path.is_dir():
+        return load_model(path, FeatureConfig())
+    saved = torch.load(path, map_location="cpu", weights_only=False)  # a checkpoint also holds RNG states
+    config = saved.get("model_config") or json.loads((path.parent / "config.json").read_text())["model"]
     model = build_model(ModelConfig.from_dict(config), FeatureConfig(), "cpu")
     model.load_state_dict(saved["model"])
     return model

@@ -93,6 +93,13 @@ _LONG = _ema_with(
     summary="fast-cmn-speed-wide-ema with a longer weight average: decay 0.997 per step (about 12 epochs, the early-stopping patience) instead of 0.99 (about 4)",
 )
 
+# What ships since 0.9.0 (SHIPPED_RECIPE): one change to 0.8.0's recipe, the learning rate.
+# The rows after it in RECIPES change one thing each on top of it.
+_SHIPPED = dataclasses.replace(
+    _LONG, train={**_LONG.train, "lr": 2e-3},
+    summary="fast-cmn-speed-wide-ema-long (0.8.0's recipe) with AdamW's learning rate 2e-3 instead of 1e-3",
+)
+
 
 RECIPES: dict[str, Recipe] = {
     "seed": _seed_with(summary="the design note: seed pooling, SpecAugment + AWGN, first 3 s window"),
@@ -192,21 +199,17 @@ RECIPES: dict[str, Recipe] = {
         train={"ema_decay": 0.999},
         summary="fast-cmn-speed-wide-ema with a weight average three times longer than -long's: decay 0.999 per step (about 37 epochs of a CV fold)",
     ),
-    # What ships since 0.9.0 (SHIPPED_RECIPE): one change to 0.8.0's recipe, the learning rate.
-    "fast-cmn-speed-wide-ema-long-lr2": dataclasses.replace(
-        _LONG, train={**_LONG.train, "lr": 2e-3},
-        summary="fast-cmn-speed-wide-ema-long (0.8.0's recipe) with AdamW's learning rate 2e-3 instead of 1e-3",
-    ),
+    "fast-cmn-speed-wide-ema-long-lr2": _SHIPPED,
     # One change to the shipped recipe (docs/ablation.md, session 40): the learning rate
     # doubled once more.
     "fast-cmn-speed-wide-ema-long-lr4": dataclasses.replace(
-        _LONG, train={**_LONG.train, "lr": 4e-3},
+        _SHIPPED, train={**_SHIPPED.train, "lr": 4e-3},
         summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with AdamW's learning rate 4e-3 instead of 2e-3",
     ),
     # The shipped recipe with pre-norm encoder layers (docs/ablation.md, session 41: the
     # post-norm transformer branch stops contributing within about ten epochs).
     "fast-cmn-speed-wide-ema-long-lr2-prenorm": dataclasses.replace(
-        _LONG, model=dataclasses.replace(_LONG.model, transformer_norm_first=True), train={**_LONG.train, "lr": 2e-3},
+        _SHIPPED, model=dataclasses.replace(_SHIPPED.model, transformer_norm_first=True),
         summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with pre-norm transformer encoder layers",
     ),
     "default-stats": Recipe(
