@@ -281,12 +281,14 @@ def _train_modules():
 @click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), help="Softmax temperature of distillation  [default: the recipe's, 2]")
 @click.option("--init-from", "init_from", help="Fine-tune: start from this exported model's weights ('default': the shipped model); the classifier too when its labels are the data's.")
 @click.option("--init-member", type=click.IntRange(min=0), default=0, show_default=True, help="With --init-from: which member of an ensemble file.")
+@click.option("--refit-from", type=click.Path(file_okay=False, exists=True), help="Refit: train again on the training and validation actors of this finished run (with --folds: cross-validation) of the same recipe and seed, for its best epoch count, replaying its learning rate per epoch.")
+@click.option("--refit-hold-out", is_flag=True, help="With --refit-from: keep the last validation actor out of the refit and score on it (no choice reads it).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True, help="Feature cache folder.")
 @click.option("--strict", is_flag=True, help="Fail on any file that is not a readable RAVDESS speech clip.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_seed, device, actors, recipe, only_fold, threads, augment,
           mixup, speaker_adversarial, intensity_aux, mixstyle, ema_decay, reverb, bandlimit, speed, pitch, teachers, distill,
-          distill_temperature, init_from, init_member, cache_dir, strict, quiet) -> None:
+          distill_temperature, init_from, init_member, refit_from, refit_hold_out, cache_dir, strict, quiet) -> None:
     """Train a ParallelModel with a speaker-wise split, on a RAVDESS folder (DATA_DIR) or on your
     own clips (DATA_DIR: a CSV manifest with the columns path,label,speaker)."""
     pipeline = _train_modules()
@@ -300,6 +302,7 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Every check that needs no data comes first: preparing the features can take minutes.
     _check_split_options(folds, only_fold, init_from, init_member, device)
+    _check_refit_options(refit_from, refit_hold_out, teachers, init_from)
     wanted = _parse_actors(actors)
     chosen = RECIPES[recipe]
     split_seed = seed if split_seed is None else split_seed
@@ -347,7 +350,7 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
             raise _fail(f"{data_dir}: {exc}") from None
         with _training_errors(out_dir):
             out = pipeline.cross_validate(prepared, folds, out_dir, seed=split_seed, actors=present, only_fold=only_fold,
-                                          **kwargs)
+                                          refit_from=refit_from, hold_out=refit_hold_out, **kwargs)
         if out is None:
             click.echo(f"fold {only_fold} done; the summary is written when every fold is done")
             return
@@ -363,7 +366,14 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         named = {part: [prepared.speakers[a] for a in getattr(split, part)] for part in ("train", "val", "test")}
         click.echo(f"speakers: train {named['train']}, val {named['val']}, test {named['test']}")
     with _training_errors(out_dir):
-        metrics = pipeline.train_split(prepared, split, out_dir, **kwargs)
+        if refit_from:
+            kwargs.pop("teachers")
+            trainer = pipeline.refit_trainer(prepared, refit_from, split, out_dir, hold_out=refit_hold_out, **kwargs)
+            click.echo(f"refit: train {list(trainer.split.train)}, held out {list(trainer.split.val)}, "
+                       f"{trainer.tc.epochs} epochs of {refit_from}")
+            metrics = trainer.run()
+        else:
+            metrics = pipeline.train_split(prepared, split, out_dir, **kwargs)
     click.echo((Path(out_dir) / "report.txt").read_text())
     click.echo(f"run folder: {out_dir} (best epoch {metrics['best_epoch']} of {metrics['epochs_run']})")
 
@@ -384,6 +394,13 @@ def _check_split_options(folds: int, only_fold: int | None, init_from: str | Non
 
         if not torch.cuda.is_available():
             raise _fail("--device cuda given but no CUDA device is available", EXIT_USAGE)
+
+
+def _check_refit_options(refit_from: str | None, hold_out: bool, teachers: Sequence[str], init_from: str | None) -> None:
+    if hold_out and not refit_from:
+        raise _fail("--refit-hold-out needs --refit-from", EXIT_USAGE)
+    if refit_from and (teachers or init_from):
+        raise _fail("--refit-from replays a plain run; it does not combine with --teacher or --init-from", EXIT_USAGE)
 
 
 def _distill_settings(train_config, teachers: Sequence[str], distill: float | None):

@@ -296,3 +296,28 @@ def test_branch_share_onnx_mode_ablates_the_shipped_members_classifier_columns(t
     assert low == pytest.approx(high, abs=1e-6)
     assert EmotionClassifier(shipped).predict_file(clips[0]).probabilities != pytest.approx(
         EmotionClassifier(shipped).predict_file(clips[1]).probabilities, abs=1e-3)
+
+
+def test_refit_check_scores_the_held_out_actor_with_both_passes(tmp_path, capsys):
+    tool = runpy.run_path(str(REPO / "tools" / "refit_check.py"))
+    first_dir, refit_dir = tmp_path / "first", tmp_path / "refit"
+    first_dir.mkdir(), refit_dir.mkdir()
+    y = [0, 1, 2, 0, 1, 2]
+    actors = [4, 4, 4, 6, 6, 6]
+
+    def dump(path, split, predicted):
+        probs = np.eye(3)[predicted].tolist()
+        path.write_text(json.dumps({"run": str(path), "split": split, "clip_actors": actors, "y_true": y,
+                                    "probabilities": probs}))
+
+    dump(first_dir / "fold_0.probabilities.json", {"train": [1, 2], "val": [4, 6], "test": [5]}, [0, 1, 2, 0, 0, 0])
+    dump(refit_dir / "fold_0.probabilities.json", {"train": [1, 2, 4], "val": [6], "test": [5]}, [1, 1, 1, 0, 1, 2])
+    assert tool["main"]([str(first_dir), str(refit_dir)]) == 0
+    out = capsys.readouterr().out
+    # Actor 6 only: the first pass gets 1 of its 3 clips, the refit 3 (actor 4's clips do not count).
+    assert "fold_0: actor 6: first pass 1 of 3, refit 3 (+2)" in out
+    assert "total: first pass 1 of 3, refit 3 (+2) over 1 folds" in out
+    # A refit that kept out an actor the first pass trained on is refused in one line.
+    dump(refit_dir / "fold_0.probabilities.json", {"train": [1, 4, 6], "val": [2], "test": [5]}, [0, 0, 0, 0, 0, 0])
+    assert tool["main"]([str(first_dir), str(refit_dir)]) == 1
+    assert "held-out actor 2 was not a validation actor" in capsys.readouterr().err

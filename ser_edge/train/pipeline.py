@@ -15,6 +15,7 @@ from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.config import ModelConfig
 from ser_edge.train.augment_config import AugmentConfig
 from ser_edge.train.data import LABELS, FeatureSet, Split, data_hash, kfold_splits, load_feature_set, scan_dataset, split_actors
+from ser_edge.train.refit import RefitError, check_same_recipe, load_replay, refit_split
 from ser_edge.train.trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,20 @@ def make_trainer(prepared: Prepared, split: Split, run_dir: str | os.PathLike, *
     )
 
 
+def refit_trainer(prepared: Prepared, first_pass: str | os.PathLike, split: Split, run_dir: str | os.PathLike, *,
+                  hold_out: bool = False, **kwargs) -> Trainer:
+    """The Trainer of a refit (train/refit.py) of the finished run ``first_pass``, whose split
+    must be ``split``: the same recipe on its training and validation actors (all but the
+    last of those with ``hold_out``), for its epochs, with its learning rate per epoch."""
+    replay, first_config = load_replay(first_pass)
+    if first_config["split"] != split.to_dict():
+        raise RefitError(f"was trained on another split ({first_config['split']}, not {split.to_dict()})",
+                         path=str(first_pass))
+    trainer = make_trainer(prepared, refit_split(split, hold_out=hold_out), run_dir, replay=replay, **kwargs)
+    check_same_recipe(trainer.config_dict(), first_config, str(first_pass))
+    return trainer
+
+
 def default_split(prepared: Prepared, seed: int) -> Split:
     return split_actors({c.actor for c in prepared.feature_set.clips}, seed=seed)
 
@@ -112,6 +127,8 @@ def cross_validate(
     actors=None,
     only_fold: int | None = None,
     teachers: Sequence[str | os.PathLike] = (),
+    refit_from: str | os.PathLike | None = None,
+    hold_out: bool = False,
     **kwargs,
 ) -> dict[str, Any] | None:
     """Actor-wise K-fold; every fold's run folder under ``out_dir/fold_k``; mean +- std.
@@ -120,27 +137,47 @@ def cross_validate(
     written once every fold is finished. Finished folds are not retrained; a fold that the
     epoch cap ended trains on from its checkpoint when the cap is raised (``finished``).
     ``teachers`` are cross-validations of the same folds: fold k distils from their
-    ``fold_k`` runs.
+    ``fold_k`` runs. With ``refit_from`` (a finished cross-validation of the same recipe and
+    folds), fold k is a refit of its ``fold_k`` (``refit_trainer``).
     """
     out_dir = Path(out_dir)
     actors = actors if actors is not None else {c.actor for c in prepared.feature_set.clips}
     splits = kfold_splits(actors, folds, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_config = kwargs.get("train_config")
+
+    def trainer(k: int, split: Split) -> Trainer:
+        run_dir = out_dir / f"fold_{k}"
+        if refit_from is not None:
+            return refit_trainer(prepared, Path(refit_from) / f"fold_{k}", split, run_dir, hold_out=hold_out, **kwargs)
+        return make_trainer(prepared, split, run_dir, teachers=[Path(t) / f"fold_{k}" for t in teachers], **kwargs)
+
+    def fold_done(k: int) -> bool:
+        # A refit runs its first pass's epochs, whatever the command's cap, and writes its
+        # metrics only then.
+        return finished(out_dir / f"fold_{k}", None if refit_from is not None else train_config)
+
     for k, split in enumerate(splits):
-        done = finished(out_dir / f"fold_{k}", train_config)
-        fold_teachers = [Path(t) / f"fold_{k}" for t in teachers]
-        if done:  # a finished fold is summarised, not retrained: it must be a run of this recipe
-            make_trainer(prepared, split, out_dir / f"fold_{k}", teachers=fold_teachers, **kwargs).check_resumable()
+        if fold_done(k):  # a finished fold is summarised, not retrained: it must be a run of this recipe
+            trainer(k, split).check_resumable()
         elif only_fold is None or k == only_fold:
             log.info("fold %d/%d: test actors %s, val actors %s", k + 1, folds, split.test, split.val)
-            train_split(prepared, split, out_dir / f"fold_{k}", teachers=fold_teachers, **kwargs)
+            if refit_from is None:
+                train_split(prepared, split, out_dir / f"fold_{k}", teachers=[Path(t) / f"fold_{k}" for t in teachers],
+                            **kwargs)
+            else:
+                refit = trainer(k, split)
+                log.info("refit of %s: training actors %s, held out %s, %d epochs", refit.replay.source,
+                         refit.split.train, refit.split.val, refit.tc.epochs)
+                refit.run()
     results = []
     for k, split in enumerate(splits):
-        if not finished(out_dir / f"fold_{k}", train_config):
+        if not fold_done(k):
             return None
         metrics = json.loads((out_dir / f"fold_{k}" / "metrics.json").read_text())
-        results.append({"fold": k, "split": split.to_dict(), "test": metrics["test"], "best_epoch": metrics["best_epoch"]})
+        trained = split.to_dict() if refit_from is None else (  # a refit's actors, not the fold's
+            json.loads((out_dir / f"fold_{k}" / "config.json").read_text())["split"])
+        results.append({"fold": k, "split": trained, "test": metrics["test"], "best_epoch": metrics["best_epoch"]})
     summary = mean_std([r["test"] for r in results])
     out = {"folds": results, "summary": summary, "data_hash": prepared.data_hash}
     (out_dir / "cv_metrics.json").write_text(json.dumps(out, indent=2))

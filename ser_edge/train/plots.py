@@ -39,11 +39,14 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike) -> None:
     epochs = [h["epoch"] for h in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     loss_ax.plot(epochs, [h["train_loss"] for h in history], label="train (smoothed CE + training-only heads)")
-    loss_ax.plot(epochs, [h["val_loss"] for h in history], label="val (clip NLL)")
+    scored = all("val_loss" in h for h in history)  # a refit without a held-out actor has none
+    if scored:
+        loss_ax.plot(epochs, [h["val_loss"] for h in history], label="val (clip NLL)")
     loss_ax.set_xlabel("epoch")
     loss_ax.legend()
     acc_ax.plot(epochs, [h["train_acc"] for h in history], label="train (augmented windows)")
-    acc_ax.plot(epochs, [h["val_acc"] for h in history], label="val (clips)")
+    if scored:
+        acc_ax.plot(epochs, [h["val_acc"] for h in history], label="val (clips)")
     acc_ax.set_xlabel("epoch")
     acc_ax.legend()
     fig.tight_layout()

@@ -29,6 +29,7 @@ from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, tempo
 from ser_edge.train.data import LABELS, DatasetError, FeatureSet, Split, front_end_fingerprint
 from ser_edge.train.distill import Teachers, distillation_loss, load_teachers, teacher_provenance
 from ser_edge.train.heads import IntensityHead, SpeakerAdversary
+from ser_edge.train.refit import Replay
 from ser_edge.train.scaler import Scaler
 
 log = logging.getLogger(__name__)
@@ -290,17 +291,17 @@ class _Learner:
 
 
 def _report_epoch(record: dict[str, Any], bar) -> None:
-    """One epoch's line: on the progress bar when there is one, else in the log."""
+    """One epoch's line: on the progress bar when there is one, else in the log. A refit
+    without a held-out actor has no validation figures."""
+    scored = "val_loss" in record
     if bar is not None:
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_acc']:.3f}",
-                        val_loss=f"{record['val_loss']:.3f}", val_acc=f"{record['val_acc']:.3f}")
+                        **({"val_loss": f"{record['val_loss']:.3f}", "val_acc": f"{record['val_acc']:.3f}"} if scored else {}))
         bar.close()
     else:
-        log.info(
-            "epoch %d: train loss %.3f acc %.3f | val loss %.3f acc %.3f | lr %.1e | %.1f s",
-            record["epoch"], record["train_loss"], record["train_acc"], record["val_loss"], record["val_acc"],
-            record["lr"], record["seconds"],
-        )
+        val = f" | val loss {record['val_loss']:.3f} acc {record['val_acc']:.3f}" if scored else ""
+        log.info("epoch %d: train loss %.3f acc %.3f%s | lr %.1e | %.1f s",
+                 record["epoch"], record["train_loss"], record["train_acc"], val, record["lr"], record["seconds"])
 
 
 class Trainer:
@@ -321,13 +322,16 @@ class Trainer:
         teachers: Sequence[str | os.PathLike] = (),
         init_from: str | os.PathLike | None = None,
         init_member: int = 0,
+        replay: Replay | None = None,
         progress: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.fs = feature_set
         self.split = split
         self.fc = feature_config
-        self.tc = train_config
+        # A refit (train/refit.py) trains for its first pass's epochs, whatever the cap.
+        self.replay = replay
+        self.tc = train_config if replay is None else dataclasses.replace(train_config, epochs=replay.epochs)
         self.mc = model_config
         self.aug = augment
         self.data_hash = data_hash
@@ -346,7 +350,7 @@ class Trainer:
         self.teachers: Teachers | None = None  # loaded by run(), once the scaler is fitted (or kept)
         self.rows = {name: feature_set.rows_for_actors(getattr(split, name)) for name in ("train", "val", "test")}
         for name, rows in self.rows.items():
-            if len(rows) == 0 and name != "test":
+            if len(rows) == 0 and (name == "train" or name == "val" and replay is None):
                 raise ValueError(f"no clips for the {name} actors {getattr(split, name)}")
         # Index of each window's actor among the training actors (-1 elsewhere): the
         # speaker-adversarial head's target.
@@ -394,6 +398,7 @@ class Trainer:
             "torch_version": torch.__version__,
             **({"teachers": teacher_provenance(self.teacher_dirs)} if self.teacher_dirs else {}),
             **({"init_from": self.init_source} if self.init_source else {}),
+            **({"replay": self.replay.to_dict()} if self.replay else {}),
         }
 
     def _train_clip_windows(self) -> list[np.ndarray]:
@@ -515,16 +520,18 @@ class Trainer:
             epoch = state["epoch"] + 1
             bar = _progress(n_batches, f"epoch {epoch}/{self.tc.epochs}") if self.progress else None
             started = time.perf_counter()
+            if self.replay is not None:
+                for group in learner.optimizer.param_groups:
+                    group["lr"] = self.replay.lrs[epoch - 1]
             train_loss, train_acc, head_losses = self._train_epoch(learner, criterion, scaler, clip_windows, bar)
-            val = self.evaluate(learner.scored, scaler, "val")
-            learner.plateau.step(val["loss"])
+            val = self.evaluate(learner.scored, scaler, "val") if len(self.rows["val"]) else None
+            if self.replay is None:
+                learner.plateau.step(val["loss"])
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,
                 "train_acc": train_acc,
-                "val_loss": val["loss"],
-                "val_acc": val["accuracy"],
-                "val_uar": val["uar"],
+                **({"val_loss": val["loss"], "val_acc": val["accuracy"], "val_uar": val["uar"]} if val else {}),
                 "lr": learner.optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
             }
@@ -532,8 +539,9 @@ class Trainer:
                 record["train_head_losses"] = head_losses
             state["history"].append(record)
             _report_epoch(record, bar)
-            if val["loss"] < state["best_loss"]:
-                state.update(best_loss=val["loss"], best_epoch=epoch, stale=0)
+            # A refit's model is its last epoch's: its held-out actor (if any) is only scored.
+            if self.replay is not None or val["loss"] < state["best_loss"]:
+                state.update(best_loss=val["loss"] if val else float("nan"), best_epoch=epoch, stale=0)
                 save_atomic({"model": learner.scored.state_dict(), "model_config": dataclasses.asdict(self.mc)},
                             self.run_dir / BEST_WEIGHTS)
             else:
