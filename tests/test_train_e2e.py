@@ -221,3 +221,31 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     _, dense = tool["ensemble"]([run_dir / "seed_1"], str(small_data), list(split["test"]), str(cache), 0.25)
     np.testing.assert_array_equal(dense.y_true, coarse.y_true)
     assert not np.allclose(dense.probabilities, coarse.probabilities, atol=1e-4)
+
+
+@needs_data
+@pytest.mark.slow
+def test_a_refit_run_trains_evaluates_and_exports(small_data, tmp_path):
+    """--refit-from on real clips: the validation actor joins training, the run reports
+    it as trained on, and it exports (no validation actor left to calibrate on)."""
+    first, refit, cache = tmp_path / "first", tmp_path / "refit", tmp_path / "cache"
+    runner = CliRunner()
+    common = ["--cache", str(cache), "--quiet", "--seed", "1"]
+    assert runner.invoke(main, ["train", str(small_data), "--out", str(first), "--epochs", "2", *common]).exit_code == 0
+    before = json.loads((first / "config.json").read_text())["split"]
+    done = runner.invoke(main, ["train", str(small_data), "--out", str(refit), "--refit-from", str(first), *common])
+    assert done.exit_code == 0, done.output
+    assert f"refit: train {sorted(before['train'] + before['val'])}, held out []" in done.output
+    metrics = json.loads((refit / "metrics.json").read_text())
+    assert metrics["epochs_run"] == json.loads((first / "metrics.json").read_text())["best_epoch"]
+    seen = runner.invoke(main, ["evaluate", str(refit), "--cache", str(cache), "--actors", str(before["val"][0])])
+    assert seen.exit_code == 0 and "NOT HELD OUT" in seen.output
+    onnx_path = tmp_path / "refit.onnx"
+    exported = runner.invoke(main, ["export", str(refit), "--out", str(onnx_path), "--cache", str(cache)])
+    assert exported.exit_code == 0, exported.output
+    assert "argmax equal" in exported.output
+    # Another seed than the first pass's is refused in one line, before any training.
+    other = runner.invoke(main, ["train", str(small_data), "--out", str(tmp_path / "x"), "--refit-from", str(first),
+                                 "--cache", str(cache), "--quiet", "--seed", "2"])
+    assert other.exit_code == 1 and "was trained with another recipe (different train.seed)" in other.output
+    assert "Traceback" not in other.output
