@@ -146,11 +146,14 @@ def cross_validate(
     out_dir.mkdir(parents=True, exist_ok=True)
     train_config = kwargs.get("train_config")
 
+    def fold_teachers(k: int) -> list[Path]:
+        return [Path(t) / f"fold_{k}" for t in teachers]
+
     def trainer(k: int, split: Split) -> Trainer:
         run_dir = out_dir / f"fold_{k}"
         if refit_from is not None:
             return refit_trainer(prepared, Path(refit_from) / f"fold_{k}", split, run_dir, hold_out=hold_out, **kwargs)
-        return make_trainer(prepared, split, run_dir, teachers=[Path(t) / f"fold_{k}" for t in teachers], **kwargs)
+        return make_trainer(prepared, split, run_dir, teachers=fold_teachers(k), **kwargs)
 
     def fold_done(k: int) -> bool:
         # A refit runs its first pass's epochs, whatever the command's cap, and writes its
@@ -163,8 +166,7 @@ def cross_validate(
         elif only_fold is None or k == only_fold:
             log.info("fold %d/%d: test actors %s, val actors %s", k + 1, folds, split.test, split.val)
             if refit_from is None:
-                train_split(prepared, split, out_dir / f"fold_{k}", teachers=[Path(t) / f"fold_{k}" for t in teachers],
-                            **kwargs)
+                train_split(prepared, split, out_dir / f"fold_{k}", teachers=fold_teachers(k), **kwargs)
             else:
                 refit = trainer(k, split)
                 log.info("refit of %s: training actors %s, held out %s, %d epochs", refit.replay.source,

@@ -96,7 +96,7 @@ def recipe_changes(refit_config: dict[str, Any], first_config: dict[str, Any]) -
 
     defaults = {"train": dataclasses.asdict(TrainConfig()), "model": dataclasses.asdict(ModelConfig()),
                 "augment": dataclasses.asdict(AugmentConfig())}
-    completed = {**_flatten(json.loads(json.dumps(defaults))), **_flatten(first_config)}
+    completed = {**_flatten(defaults), **_flatten(first_config)}  # config_changes makes tuples lists
     return [key for key in config_changes(_flatten(refit_config), completed)
             if key.split(".")[0] not in REFIT_CHANGES and key not in REFIT_CHANGES]
 
