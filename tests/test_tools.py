@@ -305,10 +305,10 @@ def test_refit_check_scores_the_held_out_actor_with_both_passes(tmp_path, capsys
     y = [0, 1, 2, 0, 1, 2]
     actors = [4, 4, 4, 6, 6, 6]
 
-    def dump(path, split, predicted):
+    def dump(path, split, predicted, hop_s=1.0):
         probs = np.eye(3)[predicted].tolist()
-        path.write_text(json.dumps({"run": str(path), "split": split, "clip_actors": actors, "y_true": y,
-                                    "probabilities": probs}))
+        path.write_text(json.dumps({"run": str(path), "hop_s": hop_s, "split": split, "clip_actors": actors,
+                                    "y_true": y, "probabilities": probs}))
 
     dump(first_dir / "fold_0.probabilities.json", {"train": [1, 2], "val": [4, 6], "test": [5]}, [0, 1, 2, 0, 0, 0])
     dump(refit_dir / "fold_0.probabilities.json", {"train": [1, 2, 4], "val": [6], "test": [5]}, [1, 1, 1, 0, 1, 2])
@@ -317,6 +317,11 @@ def test_refit_check_scores_the_held_out_actor_with_both_passes(tmp_path, capsys
     # Actor 6 only: the first pass gets 1 of its 3 clips, the refit 3 (actor 4's clips do not count).
     assert "fold_0: actor 6: first pass 1 of 3, refit 3 (+2)" in out
     assert "total: first pass 1 of 3, refit 3 (+2) over 1 folds" in out
+    # Dumps scored with different window hops are not the same clip scores: refused in one line.
+    dump(refit_dir / "fold_0.probabilities.json", {"train": [1, 2, 4], "val": [6], "test": [5]}, [1, 1, 1, 0, 1, 2],
+         hop_s=0.5)
+    assert tool["main"]([str(first_dir), str(refit_dir)]) == 1
+    assert "windows every 0.5 s" in capsys.readouterr().err
     # A refit that kept out an actor the first pass trained on is refused in one line.
     dump(refit_dir / "fold_0.probabilities.json", {"train": [1, 4, 6], "val": [2], "test": [5]}, [0, 0, 0, 0, 0, 0])
     assert tool["main"]([str(first_dir), str(refit_dir)]) == 1

@@ -9,7 +9,7 @@ FIRST_DUMP_DIR of a cross-validation, REFIT_DUMP_DIR of its refit with
 both have, the refit's held-out actor (its only validation actor) is scored by both: the
 refit never saw it, the first pass used it (with one other) to choose its epoch and its
 learning-rate drops, so the comparison leans towards the first pass. Prints one line per
-fold and the totals.
+fold and the totals. Both dumps must use the same window hop (``hop_s``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def compare(first_dir: Path, refit_dir: Path) -> list[dict]:
         if not first_path.is_file():
             continue
         refit, first = json.loads(path.read_text()), json.loads(first_path.read_text())
+        if refit["hop_s"] != first["hop_s"]:
+            raise ValueError(f"{path}: evaluated with windows every {refit['hop_s']} s, {first_path} every "
+                             f"{first['hop_s']} s: not the same clip scores")
         if refit["split"]["test"] != first["split"]["test"] or len(refit["split"]["val"]) != 1:
             raise ValueError(f"{path}: not a held-out refit of {first_path} (test actors or held-out actor differ)")
         actor = refit["split"]["val"][0]
