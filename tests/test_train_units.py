@@ -519,6 +519,12 @@ def test_recipes_derive_from_the_shipped_one():
     assert (prenorm.augment, prenorm.train) == (lr2.augment, lr2.train)
     assert prenorm.model.transformer_norm_first and not lr2.model.transformer_norm_first
     assert dataclasses.replace(prenorm.model, transformer_norm_first=False) == lr2.model
+    # The light row changes only the shipped recipe's transformer size, to 0.7.0's light one.
+    light = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-light"]
+    assert (light.augment, light.train) == (lr2.augment, lr2.train)
+    old_light = recipes.RECIPES["fast-cmn-speed-wide-ema-light"].model
+    assert (light.model.n_layers, light.model.ff_dim) == (old_light.n_layers, old_light.ff_dim) == (2, 256)
+    assert dataclasses.replace(light.model, n_layers=lr2.model.n_layers, ff_dim=lr2.model.ff_dim) == lr2.model
 
 
 def test_cli_export_offers_every_weight_storage():

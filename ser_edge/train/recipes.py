@@ -212,6 +212,12 @@ RECIPES: dict[str, Recipe] = {
         _SHIPPED, model=dataclasses.replace(_SHIPPED.model, transformer_norm_first=True),
         summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with pre-norm transformer encoder layers",
     ),
+    # The shipped recipe with 0.7.0's lighter transformer (docs/ablation.md, session 43:
+    # "Three lighter members on the shipped recipe"): three such members cost what the pair costs.
+    "fast-cmn-speed-wide-ema-long-lr2-light": dataclasses.replace(
+        _SHIPPED, model=dataclasses.replace(_SHIPPED.model, n_layers=2, ff_dim=256),
+        summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with a lighter transformer (2 layers, feed-forward 256), for ensembles of three",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
