@@ -86,13 +86,19 @@ def dump_probabilities(cv_dir: Path, data: str, cache: str, out: Path, hop_s: fl
     return written
 
 
+def read_dump(path: Path, hop_s: float) -> dict:
+    """A ``--dump`` file's record; ValueError if it was made with another hop."""
+    record = json.loads(path.read_text())
+    if record["hop_s"] != hop_s:
+        raise ValueError(f"{path}: evaluated with windows every {record['hop_s']} s, not {hop_s} s")
+    return record
+
+
 def load_probabilities(path: Path, hop_s: float):
     """An Evaluation read back from a ``--dump`` file; ValueError if it was made with another hop."""
     from ser_edge.train.evaluate import Evaluation
 
-    record = json.loads(path.read_text())
-    if record["hop_s"] != hop_s:
-        raise ValueError(f"{path}: evaluated with windows every {record['hop_s']} s, not {hop_s} s")
+    record = read_dump(path, hop_s)
     return Evaluation(actors=record["actors"], labels=tuple(record["labels"]), y_true=np.asarray(record["y_true"]),
                       probabilities=np.asarray(record["probabilities"]), skipped=record["skipped"],
                       clip_actors=np.asarray(record["clip_actors"]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import runpy
 import sys
 from pathlib import Path
 
@@ -32,15 +33,15 @@ def clips_right(dump: dict, actor: int) -> tuple[int, int]:
 
 
 def compare(first_dir: Path, refit_dir: Path) -> list[dict]:
+    # The --dump file format and its reader (with the window-hop check) live in ensemble_eval.py.
+    ensemble_eval = runpy.run_path(str(Path(__file__).with_name("ensemble_eval.py")))
     rows = []
-    for path in sorted(refit_dir.glob("fold_*.probabilities.json")):
+    for path in sorted(refit_dir.glob(f"fold_*{ensemble_eval['PROBABILITIES_SUFFIX']}")):
         first_path = first_dir / path.name
         if not first_path.is_file():
             continue
-        refit, first = json.loads(path.read_text()), json.loads(first_path.read_text())
-        if refit["hop_s"] != first["hop_s"]:
-            raise ValueError(f"{path}: evaluated with windows every {refit['hop_s']} s, {first_path} every "
-                             f"{first['hop_s']} s: not the same clip scores")
+        first = json.loads(first_path.read_text())
+        refit = ensemble_eval["read_dump"](path, first["hop_s"])  # the same window hop, or ValueError
         if refit["split"]["test"] != first["split"]["test"] or len(refit["split"]["val"]) != 1:
             raise ValueError(f"{path}: not a held-out refit of {first_path} (test actors or held-out actor differ)")
         actor = refit["split"]["val"][0]
