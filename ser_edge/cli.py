@@ -586,8 +586,10 @@ def _robustness(model_path, data, actors, threads, snrs, rates, codecs, plot_pat
 @click.option("--no-calibrate", is_flag=True, help="Skip temperature scaling on the validation actors.")
 @click.option("--weights", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="float16: round the weights to float16 and store them so (half the file; computed in float32).")
+@click.option("--no-fold", is_flag=True,
+              help="Keep every transformer branch in the graph, even one whose output is constant (see export/fold.py).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=".cache/ser-edge", show_default=True)
-def export(run_dirs, out_path, data_dir, quantize, no_calibrate, weights, cache_dir) -> None:
+def export(run_dirs, out_path, data_dir, quantize, no_calibrate, weights, no_fold, cache_dir) -> None:
     """Export a run to one ONNX file (scaler and temperature folded in) and prove parity.
 
     Several RUN_DIRS (one recipe and actor split, different seeds) export as one ensemble
@@ -595,6 +597,7 @@ def export(run_dirs, out_path, data_dir, quantize, no_calibrate, weights, cache_
     """
     _train_modules()
     from ser_edge.export.exporter import export_run
+    from ser_edge.export.fold import FOLD_MAX_LOGIT_DEVIATION
 
     for run_dir in run_dirs:  # as evaluate says it, before anything is loaded
         _run_config(run_dir)
@@ -604,7 +607,7 @@ def export(run_dirs, out_path, data_dir, quantize, no_calibrate, weights, cache_
     logging.getLogger("ser_edge").setLevel(logging.INFO)
     try:
         report = export_run(run_dirs, out_path, data_dir=_run_data_dir(run_dirs[0], data_dir), cache_dir=cache_dir,
-                            calibrate=not no_calibrate, quantize=quantize, weights=weights)
+                            calibrate=not no_calibrate, quantize=quantize, weights=weights, fold=not no_fold)
     except SerEdgeError as exc:
         raise _fail(str(exc)) from None
     summary = report.to_dict()
@@ -612,6 +615,12 @@ def export(run_dirs, out_path, data_dir, quantize, no_calibrate, weights, cache_
     parity = report.parity
     click.echo(f"wrote {out_path}: parity max |diff| {parity.max_abs_diff:.1e} over {parity.n} test-actor windows "
                f"(batches {list(parity.batches)}; onnx.reference {parity.reference_max_abs_diff:.1e}), argmax equal")
+    if report.branch_fold is not None:
+        folded = [v for v in report.branch_fold if v["folded"]]
+        worst = max(v["max_logit_deviation"] for v in report.branch_fold)
+        click.echo(f"transformer branch folded into the classifier bias in {len(folded)} of {len(report.branch_fold)} "
+                   f"member(s) (largest logit change {worst:.1e} over {report.branch_fold[0]['probe_windows']} "
+                   f"training windows; a member above {FOLD_MAX_LOGIT_DEVIATION:.0e} keeps its branch)")
     click.echo(f"temperature {report.temperature:.3f}; ECE " + ", ".join(f"{k} {v:.3f}" for k, v in report.ece.items()))
     tm = report.test_metrics
     click.echo(f"test actors: accuracy {tm['accuracy']:.3f}, macro-F1 {tm['macro_f1']:.3f}, UAR {tm['uar']:.3f} ({tm['n']} clips)")

@@ -84,6 +84,7 @@ def test_train_reload_evaluate_export_classify(small_data, tmp_path, monkeypatch
     exported = runner.invoke(main, ["export", str(run_dir), "--out", str(onnx_path), "--cache", str(cache), "--no-calibrate"])
     assert exported.exit_code == 0, exported.output
     assert "argmax equal" in exported.output
+    assert "transformer branch folded into the classifier bias in" in exported.output  # measured, either way
 
     onnx_eval = runner.invoke(main, ["evaluate", "--model", str(onnx_path), "--data", str(small_data),
                                      "--actors", ",".join(map(str, split["test"])), "--json", str(tmp_path / "onnx.json")])
@@ -137,6 +138,9 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     assert provenance["robustness_test_accuracy"]["clean"] == test_summary["accuracy"]
     # The shipped weights are stored as float16 (SHIPPED_WEIGHTS).
     assert json.loads(meta["provenance"])["weights"] == provenance["export"]["weights"] == "float16"
+    # Each member's branch verdict is on record, in the graph and in the JSON.
+    folds = json.loads(meta["provenance"])["branch_fold"]
+    assert folds == provenance["export"]["branch_fold"] and len(folds) == 2
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(model)).graph.initializer)
     # The shipped graph averages the two members' tempered softmax: recompute it in
     # PyTorch from the member runs (weights rounded to float16, as shipped), window by

@@ -32,6 +32,7 @@ from torch import nn
 from ser_edge.edge_runtime.errors import SerEdgeError
 from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.edge_runtime.session import INPUT_NAME, OUTPUT_NAME
+from ser_edge.export.fold import fold_members, probe_rows
 from ser_edge.export.lean import lean_copy
 from ser_edge.models.parallel import ParallelModel
 
@@ -59,7 +60,7 @@ class ExportWrapper(nn.Module):
 
     def __init__(
         self,
-        models: ParallelModel | Sequence[ParallelModel],
+        models: nn.Module | Sequence[nn.Module],  # ParallelModel or fold.FoldedMember
         mean: np.ndarray,
         scale: np.ndarray,
         temperature: float = 1.0,
@@ -289,6 +290,7 @@ class ExportReport:
     int8: dict[str, Any] | None = None
     code_version: str = ""  # of the code that exported (the members' own is in their config.json)
     weights: str = "float32"  # how the weights are stored (WEIGHT_DTYPES)
+    branch_fold: list[dict[str, Any]] | None = None  # per member (fold.BranchFold); None: not tried
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -423,11 +425,15 @@ def export_run(
     model_name: str = "ser-edge-parallel",
     model_version: str | None = None,
     weights: str = "float32",
+    fold: bool = True,
 ) -> ExportReport:
     """Export a run folder (or an ensemble of runs); parity on its test actors; optional int8.
 
     ``weights="float16"`` rounds the members' weights to float16 first (so calibration,
     metrics and parity are those of the rounded model) and stores them as float16.
+    ``fold``: write each member whose transformer branch is constant on the training
+    actors' windows without that branch (``fold.py``); parity is still against the
+    unfolded members.
     """
     from ser_edge import __version__
     from ser_edge.train.trainer import code_version, load_model
@@ -452,6 +458,11 @@ def export_run(
         temperature, ece = _calibrate(wrapper, fs, val_rows, test_rows, labels)
         wrapper = ExportWrapper(models, scaler.mean, scaler.scale, temperature)
 
+    traced, branch_fold = wrapper, None
+    train_rows = fs.rows_for_actors(split["train"])
+    if fold and len(train_rows):
+        traced, branch_fold = _fold(models, wrapper, scaler, temperature, np.asarray(fs.features[probe_rows(train_rows)]))
+
     test_window_probs = torch_probabilities(wrapper, np.asarray(fs.features[test_rows]))
     test_summary = _clip_eval(fs, test_rows, test_window_probs, labels)[0]
     members = [member_summary(run_dir, config) for run_dir, config in zip(run_dirs, configs, strict=True)]
@@ -467,6 +478,7 @@ def export_run(
         "ece": ece,
         "recipe": {k: run_config[k] for k in ("train", "model", "augment")},
         "weights": weights,
+        **({"branch_fold": branch_fold} if branch_fold is not None else {}),
         **({"speakers": run_config["speakers"]} if run_config.get("speakers") else {}),  # a manifest's names
         **({"init_from": run_config["init_from"]} if run_config.get("init_from") else {}),
     }
@@ -474,7 +486,7 @@ def export_run(
         labels, feature_config, model_name=model_name, model_version=model_version or __version__,
         extra={"provenance": provenance, "license": weights_license(run_config)},
     )
-    export_onnx(wrapper, out_path, feature_config, props)
+    export_onnx(traced, out_path, feature_config, props)
     int8 = None
     if quantize == "int8":  # from the float32-stored graph: the quantizer reads float32 weights
         int8 = quantize_int8(out_path, fs, run_config, labels, test_summary)
@@ -485,7 +497,22 @@ def export_run(
     parity = check_parity(wrapper, out_path, np.asarray(fs.features[parity_rows]))
     log.info("parity on %d test-actor windows: max |diff| %.2e", len(parity_rows), parity.max_abs_diff)
     return ExportReport(str(out_path), parity, temperature, ece, provenance["test_metrics"], int8=int8,
-                        code_version=provenance["export_code_version"], weights=weights)
+                        code_version=provenance["export_code_version"], weights=weights, branch_fold=branch_fold)
+
+
+def _fold(models: list[ParallelModel], wrapper: ExportWrapper, scaler, temperature: float,
+          probe: np.ndarray) -> tuple[ExportWrapper, list[dict]]:
+    """The graph to trace, with every dead transformer branch folded, and the verdicts."""
+    standardised = (probe.astype(np.float32) - scaler.mean.astype(np.float32)) * (1.0 / scaler.scale.astype(np.float32))
+    members, verdicts = fold_members(models, standardised)
+    for i, verdict in enumerate(verdicts):
+        log.info("member %d: transformer branch %s (max logit change %.1e over %d training windows)", i,
+                 "folded into the classifier bias" if verdict.folded else "kept", verdict.max_logit_deviation,
+                 verdict.probe_windows)
+    records = [v.to_dict() for v in verdicts]
+    if not any(v.folded for v in verdicts):
+        return wrapper, records
+    return ExportWrapper(members, scaler.mean, scaler.scale, temperature), records
 
 
 def _calibrate(wrapper: ExportWrapper, fs, val_rows: np.ndarray, test_rows: np.ndarray, labels) -> tuple[float, dict[str, float]]:

@@ -25,6 +25,20 @@ from ser_edge.models.config import ModelConfig
 STD_EPS = 1e-5  # keeps the standard deviation's gradient finite on constant rows
 
 
+def normalise(x: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """The input both branches see: each clip's mean per mel band removed if configured."""
+    return x - x.mean(dim=-1, keepdim=True) if config.utterance_norm else x
+
+
+def pool_time(conv: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """The CNN map ``(B, C, F, T)`` as a vector per example (see ``conv_time_pool``)."""
+    if config.conv_time_pool == "stats":
+        mean = conv.mean(dim=-1)
+        std = torch.sqrt(((conv - mean.unsqueeze(-1)) ** 2).mean(dim=-1) + STD_EPS)
+        conv = torch.cat([mean, std], dim=1)
+    return torch.flatten(conv, start_dim=1)
+
+
 class ConvBlock(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, pool: tuple[int, int], dropout: float) -> None:
         super().__init__(
@@ -85,20 +99,23 @@ class ParallelModel(nn.Module):
         self.classifier = nn.LazyLinear(config.n_classes)
 
     def pool_time(self, conv: torch.Tensor) -> torch.Tensor:
-        """The CNN map ``(B, C, F, T)`` as a vector per example (see ``conv_time_pool``)."""
-        if self.config.conv_time_pool == "stats":
-            mean = conv.mean(dim=-1)
-            std = torch.sqrt(((conv - mean.unsqueeze(-1)) ** 2).mean(dim=-1) + STD_EPS)
-            conv = torch.cat([mean, std], dim=1)
-        return torch.flatten(conv, start_dim=1)
+        return pool_time(conv, self.config)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return normalise(x, self.config)
+
+    def cnn_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The CNN branch's vector per example, from :meth:`normalise`'s output."""
+        return self.pool_time(self.conv[1:](self.mixstyle(self.conv[0](x))))
+
+    def transformer_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The transformer branch's ``d_model`` vector per example, from :meth:`normalise`'s output."""
+        seq = self.transformer_pool(x).squeeze(1).transpose(1, 2)  # (B, T', d_model)
+        return self.transformer(seq).mean(dim=1)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.utterance_norm:
-            x = x - x.mean(dim=-1, keepdim=True)
-        conv = self.pool_time(self.conv[1:](self.mixstyle(self.conv[0](x))))
-        seq = self.transformer_pool(x).squeeze(1).transpose(1, 2)  # (B, T', d_model)
-        trans = self.transformer(seq).mean(dim=1)
-        return torch.cat([conv, trans], dim=1)
+        x = self.normalise(x)
+        return torch.cat([self.cnn_features(x), self.transformer_features(x)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(batch, n_classes)``."""
