@@ -30,6 +30,11 @@ def _model(seed: int, *, dead: bool, **changes):
     as the trained members' branches do (the last layer norm's gain zeroed, its bias kept)."""
     torch.manual_seed(seed)
     model = build_model(small_model_config(**changes), SMALL_FEATURES, "cpu").eval()
+    with torch.no_grad():  # distinct weights and statistics, as training leaves them (the exporter
+        for name, tensor in model.state_dict().items():  # shares one initializer between equal tensors)
+            if tensor.is_floating_point():
+                noise = 0.05 * torch.randn(tensor.shape)
+                tensor.add_(noise.abs() if name.endswith("running_var") else noise)
     if dead:
         norm = model.transformer.layers[-1].norm2
         with torch.no_grad():
@@ -131,3 +136,45 @@ def test_probe_rows_are_evenly_spaced_and_bounded():
     np.testing.assert_array_equal(probe_rows(rows[:5], max_windows=10), rows[:5])
     with pytest.raises(ValueError, match="probe window"):
         fold_members([_model(0, dead=True)], np.zeros((0, N_MELS, SMALL_FEATURES.n_frames), np.float32))
+
+
+def test_a_folded_file_rebuilds_to_members_that_compute_it_and_reexports_folded(tmp_path):
+    """Fine-tuning and re-export read members back from a file: a folded member comes back
+    as a ParallelModel whose new branch feeds nothing, so it computes what the file does."""
+    import dataclasses
+    import json
+    import runpy
+    from pathlib import Path
+
+    from ser_edge.export.onnx_weights import read_onnx_members
+
+    rng = np.random.default_rng(5)
+    config = small_model_config(utterance_norm=True)
+    members = [_model(seed, dead=True, utterance_norm=True) for seed in (5, 6)]
+    mean, scale = _scaler(rng)
+    folded, verdicts = fold_members(members, _standardised(_windows(rng, 16), mean, scale))
+    provenance = {"recipe": {"model": dataclasses.asdict(config)}, "weights": "float32",
+                  "branch_fold": [v.to_dict() for v in verdicts]}
+    path = tmp_path / "folded.onnx"
+    export_onnx(ExportWrapper(folded, mean, scale, temperature=1.3), path, SMALL_FEATURES,
+                metadata_props(LABELS, SMALL_FEATURES, model_name="f", model_version="0",
+                               extra={"provenance": json.loads(json.dumps(provenance))}))
+
+    torch.manual_seed(11)
+    before = torch.rand(3)
+    torch.manual_seed(11)
+    rebuilt, _, _ = read_onnx_members(path)
+    assert torch.equal(torch.rand(3), before)  # reading a file leaves the caller's RNG alone
+    features = _windows(rng, 6)
+    np.testing.assert_allclose(torch_probabilities(rebuilt, features), onnx_probabilities(path, features), atol=1e-6)
+    for member in rebuilt.models:
+        assert float(member.classifier.weight.detach()[:, -config.d_model :].abs().max()) == 0.0
+    again, _, _ = read_onnx_members(path)  # the new branch is the same every time
+    for a, b in zip(rebuilt.models, again.models, strict=True):
+        torch.testing.assert_close(a.state_dict(), b.state_dict(), rtol=0, atol=0)
+
+    tool = runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "reexport_onnx.py"))
+    out = tmp_path / "again.onnx"
+    assert tool["main"]([str(path), str(out)]) == 0
+    np.testing.assert_allclose(onnx_probabilities(out, features), onnx_probabilities(path, features), atol=1e-6)
+    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("Softmax") == 1  # still folded

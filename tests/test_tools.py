@@ -280,22 +280,49 @@ def test_branch_share_sees_a_branch_the_classifier_ignores(tmp_path):
     assert dead["grad_norm_cnn_last_conv"] > 0
 
 
-def test_branch_share_onnx_mode_ablates_the_shipped_members_classifier_columns(tmp_path, wav):
+def test_branch_share_onnx_mode_ablates_the_members_classifier_columns(tmp_path, wav):
     """Zeroing no columns changes nothing; zeroing them all leaves a model whose answer no
-    longer depends on the audio."""
+    longer depends on the audio. A graph whose branch was folded at export is refused, not
+    ablated in its CNN columns."""
+    import onnx
+    import torch
+
+    from conftest import LABELS, SMALL_FEATURES, small_model_config
     from ser_edge.edge_runtime.session import EmotionClassifier
+    from ser_edge.export.exporter import ExportWrapper, export_onnx, metadata_props
+    from ser_edge.train.trainer import build_model
 
     tool = runpy.run_path(str(REPO / "tools" / "branch_share.py"))
-    shipped = REPO / "ser_edge" / "models" / "ser_edge_default.onnx"
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(_trained_like(build_model(small_model_config(), SMALL_FEATURES, "cpu").eval(), seed))
+    shape = (SMALL_FEATURES.n_mels, SMALL_FEATURES.n_frames)
+    graph = tmp_path / "live.onnx"
+    verdicts = [{"folded": False, "max_logit_deviation": 0.3, "probe_windows": 8}] * 2
+    export_onnx(ExportWrapper(members, np.full(shape, -40, np.float32), np.full(shape, 10, np.float32)), graph,
+                SMALL_FEATURES, metadata_props(LABELS, SMALL_FEATURES, model_name="t", model_version="0",
+                                               extra={"provenance": {"branch_fold": verdicts}}))
     clips = [wav(220.0, name="low.wav"), wav(1760.0, name="high.wav")]
-    unchanged = tool["compare_without_columns"](shipped, clips, 0)
+    unchanged = tool["compare_without_columns"](graph, clips, 0)
     assert unchanged == {"clips": 2, "same_label": 2, "median_change": 0.0, "max_change": 0.0}
+    width = members[0].classifier.weight.shape[1]
     blind = tmp_path / "blind.onnx"
-    tool["without_columns"](shipped, blind, 4416)
+    tool["without_columns"](graph, blind, width)
     low, high = (EmotionClassifier(blind).predict_file(c).probabilities for c in clips)
     assert low == pytest.approx(high, abs=1e-6)
-    assert EmotionClassifier(shipped).predict_file(clips[0]).probabilities != pytest.approx(
-        EmotionClassifier(shipped).predict_file(clips[1]).probabilities, abs=1e-3)
+    assert EmotionClassifier(graph).predict_file(clips[0]).probabilities != pytest.approx(
+        EmotionClassifier(graph).predict_file(clips[1]).probabilities, abs=1e-3)
+    with pytest.raises(SystemExit, match=f"--columns {width + 1} is more than the {width} features"):
+        tool["without_columns"](graph, blind, width + 1)
+
+    folded = onnx.load(str(graph))
+    for entry in folded.metadata_props:
+        if entry.key == "provenance":
+            entry.value = json.dumps({"branch_fold": [verdicts[0], {**verdicts[1], "folded": True}]})
+    onnx.save(folded, str(tmp_path / "folded.onnx"))
+    with pytest.raises(SystemExit, match=r"member\(s\) \[1\] was folded into the classifier bias"):
+        tool["without_columns"](tmp_path / "folded.onnx", blind, 16)
 
 
 def test_refit_check_scores_the_held_out_actor_with_both_passes(tmp_path, capsys):

@@ -22,7 +22,9 @@ With ``--onnx MODEL.onnx --clips FILE ...`` it measures an exported model on rea
 instead: every member's classifier loses its weights on the last ``--columns`` features
 (default 64, the transformer's), and the edge runtime's predictions with and without them
 are compared clip by clip (labels kept, largest change of a class probability). The
-change bounds what that branch does from above, as its constant part goes too.
+change bounds what that branch does from above, as its constant part goes too. A graph
+whose transformer branches were folded at export (its provenance's ``branch_fold``) has no
+such columns left: the tool says so and stops, rather than ablate CNN features.
 
 Needs the train extra (torch; onnx for ``--onnx``).
 """
@@ -83,11 +85,18 @@ def without_columns(model_path: Path, out_path: Path, columns: int) -> None:
     from onnx import numpy_helper
 
     model = onnx.load(str(model_path))
+    provenance = json.loads({p.key: p.value for p in model.metadata_props}.get("provenance", "{}"))
+    folded = [i for i, verdict in enumerate(provenance.get("branch_fold") or []) if verdict["folded"]]
+    if folded:
+        raise SystemExit(f"{model_path}: the transformer branch of member(s) {folded} was folded into the classifier "
+                         "bias at export; its columns are not in the graph (export with --no-fold to measure them)")
     heads = [t for t in model.graph.initializer if t.name.startswith("models.") and ".classifier.weight" in t.name]
     if not heads:
         raise SystemExit(f"{model_path}: no members' classifier weights found")
     for tensor in heads:
         weight = numpy_helper.to_array(tensor).copy()
+        if columns > weight.shape[1]:
+            raise SystemExit(f"{model_path}: --columns {columns} is more than the {weight.shape[1]} features of {tensor.name}")
         weight[:, weight.shape[1] - columns :] = 0
         tensor.CopyFrom(numpy_helper.from_array(weight, tensor.name))
     onnx.save(model, str(out_path))

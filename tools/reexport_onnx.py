@@ -12,7 +12,8 @@ rebuilt modules must reproduce IN's probabilities, OUT is parity-checked against
 (``exporter.check_parity``), and OUT must give IN's probabilities to ``--atol`` on random
 and silent inputs; otherwise the tool stops with an error and writes nothing. OUT keeps IN's
 metadata; its provenance gains ``reexport`` (IN's export date, today's code version, the
-largest difference measured). Needs the dev extra (torch, onnx).
+largest difference measured). Members whose transformer branch IN had folded into the
+classifier bias (``export/fold.py``) are written folded again. Needs the dev extra (torch, onnx).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def reexport(src: Path, dst: Path, atol: float = DEFAULT_ATOL) -> float:
     provenance = json.loads(props["provenance"])
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / dst.name
-        export_onnx(wrapper, out, feature_config, props)
+        export_onnx(_refolded(wrapper, provenance), out, feature_config, props)
         if provenance.get("weights") == "float16":
             store_float16(out)
         check_parity(wrapper, out, features)
@@ -77,6 +78,25 @@ def reexport(src: Path, dst: Path, atol: float = DEFAULT_ATOL) -> float:
         dst.parent.mkdir(parents=True, exist_ok=True)
         onnx.save_model(result, str(dst), save_as_external_data=False)
     return diff
+
+
+def _refolded(wrapper, provenance: dict):
+    """``wrapper`` with the members IN had folded folded again (their branch's classifier
+    columns are zero after the rebuild, so the constant is zero too)."""
+    import copy
+
+    import torch
+
+    from ser_edge.export.fold import FoldedMember
+
+    folded = [i for i, verdict in enumerate(provenance.get("branch_fold") or []) if verdict.get("folded")]
+    if not folded:
+        return wrapper
+    out = copy.deepcopy(wrapper)
+    for i in folded:
+        member = out.models[i]
+        out.models[i] = FoldedMember(member, torch.zeros(member.config.d_model))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

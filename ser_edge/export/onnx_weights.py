@@ -7,7 +7,12 @@ from its initializers: the ones the exporter kept under their parameter names (a
 graph's renamed back, ``LEAN_NAMES``), and the projection weights of each transformer layer
 that it stores transposed and unnamed (``PROJECTIONS``, in that order, member by member and
 layer by layer). Files of either form, from before ``export/lean.py`` or after, are read.
-Callers check what they rebuilt against the file's own probabilities where it matters.
+A member whose transformer branch the exporter folded into its classifier bias
+(``export/fold.py``; the provenance's ``branch_fold``) has no transformer weights in the file:
+it is rebuilt with a freshly initialised branch (``FOLDED_BRANCH_SEED``) whose classifier
+columns are zero, so it computes what the file computes; fine-tuning from it trains that
+branch from scratch. Callers check what they rebuilt against the file's own probabilities
+where it matters.
 Training side: needs torch and onnx.
 """
 
@@ -33,6 +38,9 @@ LEAN_NAMES = {
     "out_proj.weight": "self_attn.out_proj.weight",
     "out_proj.bias": "self_attn.out_proj.bias",
 }
+
+
+FOLDED_BRANCH_SEED = 0  # torch seed of a folded member's new transformer branch (its RNG is restored after)
 
 
 class OnnxWeightsError(ExportError):
@@ -82,11 +90,16 @@ def rebuild_wrapper(model):
     config = ModelConfig.from_dict(provenance["recipe"]["model"])
     named, unnamed = _initializers(model)
     n_members = 1 + max(int(k.split(".")[1]) for k in named if k.startswith(MEMBERS_PREFIX))
-    members = [build_model(config, feature_config, "cpu").eval() for _ in range(n_members)]
+    folded = {i for i, verdict in enumerate(provenance.get("branch_fold") or []) if verdict.get("folded")}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(FOLDED_BRANCH_SEED)
+        members = [build_model(config, feature_config, "cpu").eval() for _ in range(n_members)]
     wrapper = ExportWrapper(members, np.zeros(named["mean"].shape[2:], np.float32), np.ones(named["mean"].shape[2:], np.float32))
     state = wrapper.state_dict()
-    missing = [key for m in range(n_members) for layer in range(config.n_layers) for name in PROJECTIONS
-               if (key := f"models.{m}.transformer.layers.{layer}.{name}") not in named]
+    for m in sorted(folded):
+        _unfold(named, state, m, config.d_model)
+    missing = [key for m in range(n_members) if m not in folded for layer in range(config.n_layers)
+               for name in PROJECTIONS if (key := f"models.{m}.transformer.layers.{layer}.{name}") not in named]
     if len(unnamed) != len(missing):
         raise OnnxWeightsError(f"expected {len(missing)} unnamed projection weights, found {len(unnamed)}")
     filled = dict(named)
@@ -103,6 +116,24 @@ def rebuild_wrapper(model):
                 raise OnnxWeightsError(f"the file holds {key}, which the recipe's model does not have")
             state[key].copy_(torch.from_numpy(np.array(values, dtype=np.float32)).reshape(state[key].shape))
     return wrapper, feature_config, props
+
+
+def _unfold(named: dict[str, np.ndarray], state: dict, member: int, d_model: int) -> None:
+    """Fill ``named`` for a folded member: its new branch's initial weights, and a classifier
+    with zero columns for that branch (the folded bias already holds its constant)."""
+    prefix = f"{MEMBERS_PREFIX}{member}."
+    weight_key = f"{prefix}classifier.weight"
+    if weight_key not in named:
+        raise OnnxWeightsError(f"member {member} is marked folded but the file has no {weight_key}")
+    weight = named[weight_key]
+    n_cnn = tuple(state[weight_key].shape)[1] - d_model
+    if weight.shape != (state[weight_key].shape[0], n_cnn):
+        raise OnnxWeightsError(f"{weight_key} {weight.shape} does not fit a folded member "
+                               f"({state[weight_key].shape[0]}, {n_cnn})")
+    named[weight_key] = np.concatenate([weight, np.zeros((weight.shape[0], d_model), np.float32)], axis=1)
+    for key, tensor in state.items():
+        if key.startswith(f"{prefix}transformer.") and key not in named:
+            named[key] = tensor.numpy().copy()
 
 
 def load_model_file(path: str | os.PathLike, error: type[ExportError] | None = None):
