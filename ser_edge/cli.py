@@ -236,6 +236,11 @@ def _describe_provenance(provenance: dict) -> list[str]:
     if provenance.get("members"):
         seeds = ", ".join(str(m.get("seed", "?")) for m in provenance["members"])
         lines.append(f"members: {len(provenance['members'])} (seeds {seeds})")
+    folds = provenance.get("branch_fold")
+    if folds:
+        folded = sum(bool(v.get("folded")) for v in folds)
+        lines.append(f"transformer branch: folded into the classifier bias in {folded} of {len(folds)} member(s) "
+                     "(its output was constant; ser_edge/export/fold.py)")
     lines += [f"{label}: {provenance[key]}" for key, label in
               (("code_version", "trained by"), ("data_hash", "data sha256"), ("weights", "weights")) if provenance.get(key)]
     return lines

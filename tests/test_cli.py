@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from ser_edge.cli import main
 
-from conftest import LABELS, tone
+from conftest import LABELS, band_model, tone
 
 
 def run(*args, input=None):
@@ -237,6 +237,18 @@ def test_info_for_people_summarises_the_metadata(tiny_model):
     assert lines[-1] == "everything the file carries: ser-edge info --json"
 
 
+def test_info_says_in_how_many_members_the_branch_was_folded(tmp_path):
+    verdict = {"max_logit_deviation": 1e-6, "probe_windows": 512}
+    provenance = {"members": [{"seed": 0}, {"seed": 1}],
+                  "branch_fold": [{"folded": True, **verdict}, {"folded": False, **verdict, "max_logit_deviation": 0.4}]}
+    model = band_model(tmp_path / "folded.onnx", metadata={"provenance": json.dumps(provenance)})
+    result = run("info", "--model", str(model))
+    assert result.exit_code == 0, result.output
+    assert "members: 2 (seeds 0, 1)" in result.stdout.splitlines()
+    assert ("transformer branch: folded into the classifier bias in 1 of 2 member(s) (its output was constant; "
+            "ser_edge/export/fold.py)") in result.stdout.splitlines()
+
+
 def test_console_script_runs_without_traceback(tiny_model, tmp_path):
     result = subprocess.run([sys.executable, "-m", "ser_edge.cli", "classify", str(tmp_path / "x.wav"), "--model", str(tiny_model)],
                             capture_output=True, text=True)
@@ -322,7 +334,6 @@ def test_evaluate_manifest_errors(tiny_model, wav, tmp_path):
 
 
 def test_evaluate_manifest_of_ravdess_clips_says_when_the_model_heard_them(tmp_path, wav):
-    from conftest import band_model
 
     split = {"train": [1, 2], "val": [3], "test": [4]}
     model = band_model(tmp_path / "m.onnx", metadata={"provenance": json.dumps({"split_actors": split})})
