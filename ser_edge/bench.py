@@ -167,11 +167,14 @@ def torch_reference(clf: EmotionClassifier, folder: Path, threads: int, cfg: Ben
     """The training-side ParallelModel in eager mode (same architecture, same features).
 
     For an ensemble model (``members`` in its provenance) the reference runs as many
-    ParallelModels and averages their probabilities, as the exported graph does.
+    ParallelModels and averages their probabilities, as the exported graph does. A member
+    whose transformer branch the file has folded away (``branch_fold``) is folded here too
+    (``export/fold.py``): both sides compute the same thing, and the speed-up is the runtime's.
     """
     try:
         import torch
 
+        from ser_edge.export.fold import FoldedMember
         from ser_edge.models.parallel import ModelConfig
         from ser_edge.train.trainer import build_model
     except ImportError:
@@ -181,6 +184,10 @@ def torch_reference(clf: EmotionClassifier, folder: Path, threads: int, cfg: Ben
     model_config = ModelConfig.from_dict(provenance.get("recipe", {}).get("model", {}))
     members = [build_model(model_config, fc, "cpu").eval().to(memory_format=torch.contiguous_format)
                for _ in range(max(1, len(provenance.get("members", []))))]
+    folded = [i for i, verdict in enumerate(provenance.get("branch_fold") or []) if verdict.get("folded")]
+    for i in folded:
+        if i < len(members):
+            members[i] = FoldedMember(members[i], torch.zeros(model_config.d_model))
     mean = torch.zeros(1, 1, fc.n_mels, fc.n_frames)
     scale = torch.ones_like(mean)
     path = write_clip(folder, fc.clip_s, 48_000)
@@ -203,6 +210,7 @@ def torch_reference(clf: EmotionClassifier, folder: Path, threads: int, cfg: Ben
             "inference": timed(lambda: infer(features), cfg.repeats // 2, cfg.warmup),
             "total": timed(total, cfg.repeats // 2, cfg.warmup),
             "torch": torch.__version__,
+            "folded_members": sum(isinstance(m, FoldedMember) for m in members),
         }
     finally:
         torch.set_num_threads(previous)

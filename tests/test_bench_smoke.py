@@ -30,3 +30,22 @@ def test_bench_runs_end_to_end(tiny_model, tmp_path):
     assert "| total_p50_ms | max 10 |" in result.output
     checked = evaluate_targets(results, json.loads(TARGETS.read_text()))
     assert all(value is not None for _, _, value in checked.values())
+
+
+def test_the_pytorch_reference_folds_what_the_file_folded(tmp_path):
+    """Both sides of the speed-up compute the same thing: a member the file holds folded
+    runs folded in the PyTorch reference too, and the result says how many."""
+    from ser_edge.bench import BenchConfig, torch_reference
+    from ser_edge.edge_runtime.session import EmotionClassifier
+
+    from conftest import band_model
+
+    verdicts = [{"folded": True, "max_logit_deviation": 0.0, "probe_windows": 8},
+                {"folded": False, "max_logit_deviation": 0.5, "probe_windows": 8}]
+    provenance = {"members": [{"seed": 0}, {"seed": 1}], "branch_fold": verdicts}
+    model = band_model(tmp_path / "m.onnx", metadata={"provenance": json.dumps(provenance)})
+    config = BenchConfig(repeats=2, warmup=1)
+    folded = torch_reference(EmotionClassifier(model), tmp_path, 1, config)
+    assert folded["folded_members"] == 1 and folded["inference"]["p50"] > 0
+    plain = band_model(tmp_path / "plain.onnx", metadata={"provenance": json.dumps({"members": [{"seed": 0}]})})
+    assert torch_reference(EmotionClassifier(plain), tmp_path, 1, config)["folded_members"] == 0
