@@ -78,13 +78,17 @@ def test_member_latency_builds_the_shipped_graph_from_untrained_members(tmp_path
     from ser_edge.train.recipes import SHIPPED_RECIPE, SHIPPED_SEEDS
 
     tool = _member_latency()
-    assert tool["parse_spec"](f"{SHIPPED_RECIPE}:2") == (SHIPPED_RECIPE, 2)
-    for bad in ("nope:2", f"{SHIPPED_RECIPE}:0", f"{SHIPPED_RECIPE}:x", SHIPPED_RECIPE):
+    assert tool["parse_spec"](f"{SHIPPED_RECIPE}:2") == (SHIPPED_RECIPE, 2, False)
+    assert tool["parse_spec"](f"{SHIPPED_RECIPE}:3:folded") == (SHIPPED_RECIPE, 3, True)
+    for bad in ("nope:2", f"{SHIPPED_RECIPE}:0", f"{SHIPPED_RECIPE}:x", SHIPPED_RECIPE, f"{SHIPPED_RECIPE}:2:half"):
         with pytest.raises(argparse.ArgumentTypeError, match="RECIPE:N"):
             tool["parse_spec"](bad)
     config = FeatureConfig()
     path = tmp_path / "probe.onnx"
-    size = tool["build_graph"](SHIPPED_RECIPE, len(SHIPPED_SEEDS), path, config)
+    shipped_folded = any(v["folded"] for v in json.loads(  # the shipped file's form (folded since 0.10.0)
+        {p.key: p.value for p in onnx.load(str(REPO / "ser_edge" / "models" / "ser_edge_default.onnx")).metadata_props}
+        ["provenance"]).get("branch_fold", []))
+    size = tool["build_graph"](SHIPPED_RECIPE, len(SHIPPED_SEEDS), path, config, folded=shipped_folded)
     probe, shipped = onnx.load(str(path)), onnx.load(str(REPO / "ser_edge" / "models" / "ser_edge_default.onnx"))
 
     def op_types(model):

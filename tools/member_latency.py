@@ -2,12 +2,14 @@
 
 usage:
     python tools/member_latency.py fast-cmn-speed-wide-ema:2 fast-cmn-speed-wide-ema-light:3 \
-        [--rounds 3] [--repeats 400]
+        fast-cmn-speed-wide-ema-long-lr2:3:folded [--rounds 3] [--repeats 400]
 
 Each ``RECIPE:N`` becomes one graph the way the exporter writes the shipped model
 (``ExportWrapper`` around N randomly initialised ``ParallelModel``s of the recipe, weights
 rounded to and stored as float16), with a random scaler: the latency of a graph does not
-depend on what its weights learned. Each graph is timed with ``exporter.latency_ms`` (one
+depend on what its weights learned. ``RECIPE:N:folded`` writes each member as the exporter
+writes one whose transformer branch is dead (``export/fold.py``: the CNN branch and the
+classifier only), the form the shipped model has had since 0.10.0. Each graph is timed with ``exporter.latency_ms`` (one
 onnxruntime thread, batch 1, the median of ``--repeats`` runs), the graphs in turn, for
 ``--rounds`` rounds, so that a slow spell of the machine hits all of them. Prints one line
 per graph: its file size and its median latency in each round.
@@ -24,26 +26,32 @@ from pathlib import Path
 import numpy as np
 
 SPEC_SEPARATOR = ":"
+FOLDED = "folded"
 MB = 1e6
 PARAMETER_JITTER = 1e-2
 PROBE_TEMPERATURE = 1.5  # not 1: a temperature of 1 is folded away, a calibrated one is not
 
 
-def parse_spec(spec: str) -> tuple[str, int]:
-    """``"RECIPE:N"`` -> (recipe, N); the recipe must be one of ``RECIPES``."""
+def parse_spec(spec: str) -> tuple[str, int, bool]:
+    """``"RECIPE:N"`` or ``"RECIPE:N:folded"`` -> (recipe, N, folded); the recipe must be one of ``RECIPES``."""
     from ser_edge.train.recipes import RECIPES
 
-    name, _, count = spec.rpartition(SPEC_SEPARATOR)
-    if name not in RECIPES or not count.isdigit() or int(count) < 1:
-        raise argparse.ArgumentTypeError(f"{spec!r}: expected RECIPE:N with RECIPE one of {sorted(RECIPES)} and N >= 1")
-    return name, int(count)
+    parts = spec.split(SPEC_SEPARATOR)
+    folded = len(parts) == 3 and parts[2] == FOLDED
+    name, count = (parts[0], parts[1]) if len(parts) in (2, 3) else ("", "")
+    if name not in RECIPES or not count.isdigit() or int(count) < 1 or (len(parts) == 3 and not folded):
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected RECIPE:N or RECIPE:N:{FOLDED} with RECIPE one of "
+                                         f"{sorted(RECIPES)} and N >= 1")
+    return name, int(count), folded
 
 
-def build_graph(recipe: str, n_members: int, path: Path, feature_config) -> int:
-    """Write the float16 ensemble graph of ``n_members`` untrained members to ``path``; its size in bytes."""
+def build_graph(recipe: str, n_members: int, path: Path, feature_config, *, folded: bool = False) -> int:
+    """Write the float16 ensemble graph of ``n_members`` untrained members to ``path``; its size in bytes.
+    ``folded``: each member without its transformer branch, as ``export/fold.py`` writes a dead one."""
     import torch
 
     from ser_edge.export.exporter import ExportWrapper, export_onnx, round_to_float16, store_float16
+    from ser_edge.export.fold import FoldedMember
     from ser_edge.train.recipes import RECIPES
     from ser_edge.train.trainer import build_model
 
@@ -54,7 +62,8 @@ def build_graph(recipe: str, n_members: int, path: Path, feature_config) -> int:
         with torch.no_grad():  # the transformer's layers start as copies of one layer: make them differ, as trained ones do
             for parameter in model.parameters():
                 parameter.add_(PARAMETER_JITTER * torch.randn_like(parameter))
-        members.append(round_to_float16(model))
+        model = round_to_float16(model)
+        members.append(FoldedMember(model, torch.zeros(model.config.d_model)) if folded else model)
     shape = (feature_config.n_mels, feature_config.n_frames)
     rng = np.random.default_rng(0)
     mean, scale = rng.normal(size=shape).astype(np.float32), rng.uniform(1, 2, size=shape).astype(np.float32)
@@ -76,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     features = np.random.default_rng(0).normal(size=(1, config.n_mels, config.n_frames)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         graphs = {}
-        for recipe, n in args.specs:
-            path = Path(tmp) / f"{recipe}-x{n}.onnx"
-            graphs[f"{recipe} x{n}"] = (path, build_graph(recipe, n, path, config))
+        for recipe, n, folded in args.specs:
+            name = f"{recipe} x{n}" + (f" {FOLDED}" if folded else "")
+            path = Path(tmp) / f"{name.replace(' ', '-')}.onnx"
+            graphs[name] = (path, build_graph(recipe, n, path, config, folded=folded))
         times = {name: [] for name in graphs}
         for _ in range(args.rounds):
             for name, (path, _) in graphs.items():
