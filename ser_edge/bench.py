@@ -174,7 +174,7 @@ def torch_reference(clf: EmotionClassifier, folder: Path, threads: int, cfg: Ben
     try:
         import torch
 
-        from ser_edge.export.fold import FoldedMember
+        from ser_edge.export.fold import FoldedMember, folded_indices
         from ser_edge.models.parallel import ModelConfig
         from ser_edge.train.trainer import build_model
     except ImportError:
@@ -184,8 +184,7 @@ def torch_reference(clf: EmotionClassifier, folder: Path, threads: int, cfg: Ben
     model_config = ModelConfig.from_dict(provenance.get("recipe", {}).get("model", {}))
     members = [build_model(model_config, fc, "cpu").eval().to(memory_format=torch.contiguous_format)
                for _ in range(max(1, len(provenance.get("members", []))))]
-    folded = [i for i, verdict in enumerate(provenance.get("branch_fold") or []) if verdict.get("folded")]
-    for i in folded:
+    for i in folded_indices(provenance):
         if i < len(members):
             members[i] = FoldedMember(members[i], torch.zeros(model_config.d_model))
     mean = torch.zeros(1, 1, fc.n_mels, fc.n_frames)

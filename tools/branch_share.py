@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from ser_edge.edge_runtime.features import FeatureConfig
+from ser_edge.export.fold import folded_indices
 from ser_edge.models.parallel import ModelConfig
 from ser_edge.train.trainer import build_model, load_model
 
@@ -86,7 +87,7 @@ def without_columns(model_path: Path, out_path: Path, columns: int) -> None:
 
     model = onnx.load(str(model_path))
     provenance = json.loads({p.key: p.value for p in model.metadata_props}.get("provenance", "{}"))
-    folded = [i for i, verdict in enumerate(provenance.get("branch_fold") or []) if verdict["folded"]]
+    folded = folded_indices(provenance)
     if folded:
         raise SystemExit(f"{model_path}: the transformer branch of member(s) {folded} was folded into the classifier "
                          "bias at export; its columns are not in the graph (export with --no-fold to measure them)")

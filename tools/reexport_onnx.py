@@ -87,9 +87,9 @@ def _refolded(wrapper, provenance: dict):
 
     import torch
 
-    from ser_edge.export.fold import FoldedMember
+    from ser_edge.export.fold import FoldedMember, folded_indices
 
-    folded = [i for i, verdict in enumerate(provenance.get("branch_fold") or []) if verdict.get("folded")]
+    folded = folded_indices(provenance)
     if not folded:
         return wrapper
     out = copy.deepcopy(wrapper)

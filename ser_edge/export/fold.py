@@ -22,7 +22,7 @@ probability by ``PARITY_ATOL`` or more would fail the export.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -71,6 +71,11 @@ class FoldedMember(nn.Module):
         return self.classifier(pool_time(self.conv(normalise(x, self.config)), self.config))
 
 
+def folded_indices(provenance: Mapping[str, Any]) -> list[int]:
+    """The members an exported file's provenance says were written folded (``branch_fold``)."""
+    return [i for i, verdict in enumerate(provenance.get("branch_fold") or []) if verdict.get("folded")]
+
+
 def probe_rows(rows: np.ndarray, max_windows: int = PROBE_MAX_WINDOWS) -> np.ndarray:
     """At most ``max_windows`` of ``rows``, evenly spaced (deterministic)."""
     rows = np.asarray(rows)
@@ -79,17 +84,11 @@ def probe_rows(rows: np.ndarray, max_windows: int = PROBE_MAX_WINDOWS) -> np.nda
     return rows[np.linspace(0, len(rows) - 1, max_windows).round().astype(int)]
 
 
-def _branch_outputs(model: ParallelModel, standardised: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(transformer features (n, d_model), their logit part (n, n_classes))``."""
-    parts, outs = [], []
-    n_branch = model.config.d_model
-    w_t = model.classifier.weight.detach()[:, -n_branch:]
+def _branch_features(model: ParallelModel, standardised: torch.Tensor) -> torch.Tensor:
+    """The transformer branch's features ``(n, d_model)`` of standardised windows."""
     with torch.no_grad():
-        for i in range(0, len(standardised), PROBE_BATCH):
-            t = model.transformer_features(model.normalise(standardised[i : i + PROBE_BATCH]))
-            outs.append(t)
-            parts.append(t @ w_t.T)
-    return torch.cat(outs), torch.cat(parts)
+        return torch.cat([model.transformer_features(model.normalise(standardised[i : i + PROBE_BATCH]))
+                          for i in range(0, len(standardised), PROBE_BATCH)])
 
 
 def fold_members(
@@ -109,10 +108,10 @@ def fold_members(
     out, verdicts = [], []
     for model in models:
         model.eval()
-        features, logit_part = _branch_outputs(model, x)
-        constant = features.double().mean(dim=0)
+        features = _branch_features(model, x).double()
+        constant = features.mean(dim=0)
         w_t = model.classifier.weight.detach().double()[:, -model.config.d_model :]
-        deviation = float((logit_part.double() - w_t @ constant).abs().max())
+        deviation = float(((features - constant) @ w_t.T).abs().max())  # each logit's change if folded
         folded = deviation <= max_logit_deviation
         verdicts.append(BranchFold(folded, deviation, len(x)))
         out.append(FoldedMember(model, constant.float()) if folded else model)

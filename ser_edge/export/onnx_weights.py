@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from ser_edge.export.exporter import ExportError
+from ser_edge.export.fold import folded_indices
 
 FLOAT16_SUFFIX = "__float16"  # exporter.store_float16's initializer names
 MEMBERS_PREFIX = "models."
@@ -90,7 +91,7 @@ def rebuild_wrapper(model):
     config = ModelConfig.from_dict(provenance["recipe"]["model"])
     named, unnamed = _initializers(model)
     n_members = 1 + max(int(k.split(".")[1]) for k in named if k.startswith(MEMBERS_PREFIX))
-    folded = {i for i, verdict in enumerate(provenance.get("branch_fold") or []) if verdict.get("folded")}
+    folded = set(folded_indices(provenance))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(FOLDED_BRANCH_SEED)
         members = [build_model(config, feature_config, "cpu").eval() for _ in range(n_members)]
@@ -126,7 +127,7 @@ def _unfold(named: dict[str, np.ndarray], state: dict, member: int, d_model: int
     if weight_key not in named:
         raise OnnxWeightsError(f"member {member} is marked folded but the file has no {weight_key}")
     weight = named[weight_key]
-    n_cnn = tuple(state[weight_key].shape)[1] - d_model
+    n_cnn = state[weight_key].shape[1] - d_model
     if weight.shape != (state[weight_key].shape[0], n_cnn):
         raise OnnxWeightsError(f"{weight_key} {weight.shape} does not fit a folded member "
                                f"({state[weight_key].shape[0]}, {n_cnn})")
