@@ -51,6 +51,15 @@ def test_example_clip_gets_a_real_prediction():
     assert abs(sum(pred.probabilities.values()) - 1) < 1e-4
 
 
+def test_shipped_model_was_trained_on_todays_front_end():
+    """The rebuild can reproduce the shipped file only from the features it was trained on:
+    a change of the log-mel's floating-point rounding (which no setting records) changes the
+    fingerprint, and has to come with a rebuilt model."""
+    from ser_edge.train.data import front_end_fingerprint
+
+    assert documented()["front_end"] == front_end_fingerprint(FeatureConfig())
+
+
 def test_shipped_variants_match_the_files():
     assert documented()["shipped"][0] == "fp32"
     assert INT8.is_file() == ("int8" in documented()["shipped"])
