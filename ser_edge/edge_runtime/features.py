@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import json
 import threading
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -170,15 +170,30 @@ def _window(config: FeatureConfig) -> np.ndarray:
 # by only the bins the group covers: 9k multiply-adds per frame instead of 66k. Same sums
 # as the dense product up to float32 rounding (the zeros are skipped, not approximated).
 MEL_GROUP_SIZE = 8
+# Each of those products is cut along time into calls of at most this many multiply-adds
+# (m * n * k), the most OpenBLAS (numpy's BLAS in its wheels) computes on one thread
+# (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD = 65536 * 4, interface/gemm.c). Above it,
+# the call goes to as many threads as there are cores, and two things follow: the sums
+# come out in another order, so the features' bits depended on the machine's core count
+# and on OPENBLAS_NUM_THREADS / OMP_NUM_THREADS; and a second thread has to be woken for
+# each call, which with both cores busy elsewhere took a 3 s clip from 3.3 to 11.5 ms.
+BLAS_ONE_THREAD_MAX_MNK = 65536 * 4
+
+
+class _MelBand(NamedTuple):
+    rows: slice  # mel filters of the group
+    columns: slice  # their bins, as columns of the interleaved (re, im, ...) float32 spectrum
+    weights: np.ndarray  # (filters, columns) float32, each weight twice (re, im)
+    frames_per_call: int  # frames per matrix product (BLAS_ONE_THREAD_MAX_MNK)
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_bands(config: FeatureConfig) -> tuple[tuple[slice, slice, np.ndarray], ...]:
+def _mel_bands(config: FeatureConfig) -> tuple[_MelBand, ...]:
     """Banded form of :func:`mel_filterbank`, acting on the interleaved re/im spectrum.
 
-    One ``(mel rows, spectrum columns, weights)`` triple per group of filters. Columns index
-    the complex64 spectrum viewed as float32 (re, im, re, im, ...): each weight is repeated
-    for the real and the imaginary part, so the product of the squared view is the mel power.
+    Columns index the complex64 spectrum viewed as float32 (re, im, re, im, ...): each
+    weight is repeated for the real and the imaginary part, so the product of the squared
+    view is the mel power.
     """
     weights = mel_filterbank(config)
     groups = []
@@ -188,7 +203,8 @@ def _mel_bands(config: FeatureConfig) -> tuple[tuple[slice, slice, np.ndarray], 
         lo, hi = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
         band = np.ascontiguousarray(np.repeat(weights[rows, lo:hi], 2, axis=1))
         band.setflags(write=False)
-        groups.append((rows, slice(2 * lo, 2 * hi), band))
+        frames_per_call = max(1, BLAS_ONE_THREAD_MAX_MNK // band.size)
+        groups.append(_MelBand(rows, slice(2 * lo, 2 * hi), band, frames_per_call))
     return tuple(groups)
 
 
@@ -274,8 +290,12 @@ def _log_mel_rows(batch: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """``(b, n)`` float32 samples -> ``(b, n_mels, frames)`` float32 dB (a new array)."""
     squares = _squared_spectrum(batch, config)
     db = np.empty((len(batch), config.n_mels, squares.shape[1]), dtype=np.float32)
-    for mel_rows, columns, band in _mel_bands(config):  # mel power = filterbank @ (re^2 + im^2)
-        np.matmul(band, squares[:, :, columns].transpose(0, 2, 1), out=db[:, mel_rows])
+    n_frames = squares.shape[1]
+    for band in _mel_bands(config):  # mel power = filterbank @ (re^2 + im^2)
+        for start in range(0, n_frames, band.frames_per_call):
+            frames = slice(start, start + band.frames_per_call)
+            spectrum = squares[:, frames, band.columns].transpose(0, 2, 1)
+            np.matmul(band.weights, spectrum, out=db[:, band.rows, frames])
     return _power_to_db(db, config)
 
 
