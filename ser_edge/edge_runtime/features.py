@@ -299,13 +299,19 @@ def _log_mel_rows(batch: np.ndarray, config: FeatureConfig) -> np.ndarray:
     return _power_to_db(db, config)
 
 
+# Decibels per neper of power: ``10 * log10(p) == DB_PER_NATURAL_LOG * ln(p)``. NumPy's
+# float32 ``log`` is vectorised (AVX2) and its ``log10`` is not: 0.12 against 0.46 ms for a
+# 3 s clip's 72k mel values on the project's 2-core EPYC.
+DB_PER_NATURAL_LOG = 10.0 / np.log(10.0)
+
+
 def _power_to_db(db: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """``(b, n_mels, frames)`` float32 mel power -> dB below each row's peak, in place."""
     np.maximum(db, np.float32(config.amin), out=db)
-    np.log10(db, out=db)
-    db *= np.float32(10.0)
+    np.log(db, out=db)
     peak = db.max(axis=(1, 2), keepdims=True)
-    db -= np.maximum(peak, np.float32(10.0 * np.log10(config.amin)))
+    db -= np.maximum(peak, np.float32(np.log(config.amin)))
+    db *= np.float32(DB_PER_NATURAL_LOG)
     np.maximum(db, np.float32(-config.top_db), out=db)
     return db
 
