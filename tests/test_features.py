@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -129,6 +132,31 @@ def test_a_long_signal_leaves_no_large_scratch_behind(monkeypatch):
     np.testing.assert_array_equal(log_mel(long), out)
     np.testing.assert_array_equal(log_mel(long), out)
     features._scratch.buffers.clear()  # not 46 MB held for the rest of the session
+
+
+# A fresh interpreter reads the BLAS thread count from the environment at numpy's import.
+BLAS_THREADS_PROBE = """
+import hashlib, sys
+import numpy as np
+from ser_edge.edge_runtime.features import log_mel
+x = np.random.default_rng(0).standard_normal((2, 150_000)).astype(np.float32)
+sys.stdout.write(hashlib.sha256(log_mel(x).tobytes()).hexdigest())
+"""
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+@pytest.mark.parametrize("variable", BLAS_THREAD_VARIABLES)
+def test_features_do_not_depend_on_the_blas_thread_count(variable):
+    """The same bits with one BLAS thread or several (the cached features, the front-end
+    fingerprint and so the rebuild must not depend on the machine's core count). On a
+    one-core machine OpenBLAS never threads and this cannot tell; CI has two cores."""
+    digests = set()
+    for threads in ("1", "2"):
+        env = {k: v for k, v in os.environ.items() if k not in BLAS_THREAD_VARIABLES} | {variable: threads}
+        probe = subprocess.run([sys.executable, "-c", BLAS_THREADS_PROBE], env=env, capture_output=True, text=True,
+                               check=True)
+        digests.add(probe.stdout)
+    assert len(digests) == 1
 
 
 def test_tone_lands_in_its_mel_band():
