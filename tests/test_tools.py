@@ -357,3 +357,14 @@ def test_refit_check_scores_the_held_out_actor_with_both_passes(tmp_path, capsys
     dump(refit_dir / "fold_0.probabilities.json", {"train": [1, 4, 6], "val": [2], "test": [5]}, [0, 0, 0, 0, 0, 0])
     assert tool["main"]([str(first_dir), str(refit_dir)]) == 1
     assert "held-out actor 2 was not a validation actor" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cv-out", "report", "--speed", "1.1"], "--speed is for --dump"),
+    (["--dump", "probs", "--speed", "0"], "--speed must be above 0, got 0.0"),
+])
+def test_ensemble_eval_refuses_a_speed_it_cannot_use(args, message, capsys):
+    tool = runpy.run_path(str(REPO / "tools" / "ensemble_eval.py"))
+    with pytest.raises(SystemExit) as exit_info:
+        tool["main"](["--data", "clips", *args, "runs"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -225,6 +225,12 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     _, dense = tool["ensemble"]([run_dir / "seed_1"], str(small_data), list(split["test"]), str(cache), 0.25)
     np.testing.assert_array_equal(dense.y_true, coarse.y_true)
     assert not np.allclose(dense.probabilities, coarse.probabilities, atol=1e-4)
+    # Speed at test time: the same clips, every window played 1.1x faster, other probabilities, on record.
+    fast_dir = tmp_path / "cv_b_speed"
+    tool["dump_probabilities"](cv["cv_b"], str(small_data), str(cache), fast_dir, speed=1.1)
+    fast, plain = (json.loads((d / "fold_0.probabilities.json").read_text()) for d in (fast_dir, dump_dir))
+    assert (fast["speed"], plain["speed"]) == (1.1, 1.0) and fast["y_true"] == plain["y_true"]
+    assert not np.allclose(fast["probabilities"], plain["probabilities"], atol=1e-4)
 
 
 @needs_data

@@ -22,7 +22,10 @@ and test actors and its clip probabilities are written to ``fold_k.probabilities
 that comes back empty, a fold trained in another session).
 
 ``--hop S`` evaluates with windows every S seconds on clips longer than one window
-(default: the runtime's ``DEFAULT_HOP_S``).
+(default: the runtime's ``DEFAULT_HOP_S``). ``--speed F`` (with ``--dump``) plays every
+window F times faster first, as the training's speed perturbation does; dumps of one
+cross-validation at several speeds, given together to ``--cv-out``, measure averaging
+over speeds at test time.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ def mean_of(sources: list[Path], members: list):
     return dataclasses.replace(members[0], probabilities=mean)
 
 
-def dump_probabilities(cv_dir: Path, data: str, cache: str, out: Path, hop_s: float = DEFAULT_HOP_S) -> list[Path]:
+def dump_probabilities(cv_dir: Path, data: str, cache: str, out: Path, hop_s: float = DEFAULT_HOP_S,
+                       speed: float = 1.0) -> list[Path]:
     """Write each finished fold's clip probabilities on its validation and test actors."""
     from ser_edge.train.evaluate import evaluate_run
 
@@ -74,8 +78,9 @@ def dump_probabilities(cv_dir: Path, data: str, cache: str, out: Path, hop_s: fl
     for run in folds:
         config = json.loads((run / "config.json").read_text())
         split = config["split"]
-        ev = evaluate_run(run, data, [*split["val"], *split["test"]], cache_dir=cache, hop_s=hop_s)
-        record = {"run": str(run), "code_version": config.get("code_version"), "hop_s": hop_s, "split": split,
+        ev = evaluate_run(run, data, [*split["val"], *split["test"]], cache_dir=cache, hop_s=hop_s, speed=speed)
+        record = {"run": str(run), "code_version": config.get("code_version"), "hop_s": hop_s, "speed": speed,
+                  "split": split,
                   "labels": list(ev.labels), "actors": list(ev.actors), "skipped": list(ev.skipped),
                   "clip_actors": ev.clip_actors.tolist(), "y_true": ev.y_true.tolist(),
                   "probabilities": np.round(ev.probabilities.astype(float), PROBABILITY_DECIMALS).tolist()}
@@ -205,8 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=".cache/ser-edge")
     parser.add_argument("--hop", type=float, default=DEFAULT_HOP_S,
                         help=f"seconds between windows on clips longer than one (default {DEFAULT_HOP_S}, the runtime's)")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="with --dump: play each window this many times faster first (default 1: as recorded)")
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args(argv)
+    if args.speed != 1.0 and not args.dump:
+        parser.error("--speed is for --dump")
+    if args.speed <= 0:
+        parser.error(f"--speed must be above 0, got {args.speed}")
     try:
         if args.cv_out:
             cross_validation(args.runs, args.data, args.cache, Path(args.cv_out), args.hop)
@@ -214,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dump:
             if len(args.runs) != 1:
                 raise ValueError("--dump takes one cross-validation folder")
-            dump_probabilities(args.runs[0], args.data, args.cache, Path(args.dump), args.hop)
+            dump_probabilities(args.runs[0], args.data, args.cache, Path(args.dump), args.hop, args.speed)
             return 0
         actors = [int(a) for a in args.actors.split(",")]
         members, ens = ensemble(args.runs, args.data, actors, args.cache, args.hop)

@@ -235,10 +235,11 @@ def _exported_split(metadata: Mapping[str, str]) -> dict[str, list[int]] | None:
 
 def evaluate_run(
     run_dir: str | os.PathLike, data_dir: str | os.PathLike, actors: Iterable[int] | None, *,
-    cache_dir=None, hop_s: float = DEFAULT_HOP_S,
+    cache_dir=None, hop_s: float = DEFAULT_HOP_S, speed: float = 1.0,
 ) -> Evaluation:
     """Evaluate a run's best PyTorch weights (scaler applied) on the given actors, with
-    windows every ``hop_s`` seconds on clips longer than one window."""
+    windows every ``hop_s`` seconds on clips longer than one window; each window played
+    ``speed`` times faster (the training's speed perturbation, at test time) unless 1."""
     from ser_edge.edge_runtime.features import FeatureConfig
     from ser_edge.train.data import data_hash, load_feature_set
     from ser_edge.train.scaler import Scaler
@@ -250,8 +251,14 @@ def evaluate_run(
     clips = select_clips(data_dir, actors)
     fs = load_feature_set(clips, feature_config, cache_dir=cache_dir, content_hash=data_hash(clips, data_dir), hop_s=hop_s)
     rows = np.arange(len(fs.window_clip))
+    features = fs.features
+    if speed != 1.0:
+        from ser_edge.edge_runtime.features import log_mel
+        from ser_edge.train.augment import speed_perturb
+
+        features = log_mel(np.stack([speed_perturb(wave, speed) for wave in fs.waveforms]), feature_config)
     model = load_model(run_dir, feature_config)
-    window_probs = predict_windows(model, fs.features, rows, Scaler.load(run_dir / "scaler.npz"), "cpu")
+    window_probs = predict_windows(model, features, rows, Scaler.load(run_dir / "scaler.npz"), "cpu")
     probs, y = clip_level(fs, rows, window_probs)
     clip_actors = np.array([fs.clips[c].actor for c in np.unique(fs.window_clip[rows])], dtype=np.int64)
     evaluated = sorted({c.actor for c in fs.clips})
