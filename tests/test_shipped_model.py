@@ -57,7 +57,9 @@ def test_shipped_model_was_trained_on_todays_front_end():
     fingerprint, and has to come with a rebuilt model."""
     from ser_edge.train.data import front_end_fingerprint
 
-    assert documented()["front_end"] == front_end_fingerprint(FeatureConfig())
+    shipped, today = documented()["front_end"], front_end_fingerprint(FeatureConfig())
+    assert shipped == today, (f"the shipped model learned from front-end {shipped}, this checkout computes {today}: "
+                              "rebuild it (python -m ser_edge.train.rebuild, README)")
 
 
 def test_shipped_variants_match_the_files():
