@@ -525,6 +525,12 @@ def test_recipes_derive_from_the_shipped_one():
     old_light = recipes.RECIPES["fast-cmn-speed-wide-ema-light"].model
     assert (light.model.n_layers, light.model.ff_dim) == (old_light.n_layers, old_light.ff_dim) == (2, 256)
     assert dataclasses.replace(light.model, n_layers=lr2.model.n_layers, ff_dim=lr2.model.ff_dim) == lr2.model
+    # The wide-CNN row widens the shipped recipe's second and third CNN blocks by half, nothing else.
+    wide = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-widecnn"]
+    assert (wide.augment, wide.train) == (lr2.augment, lr2.train)
+    first, *later = lr2.model.conv_channels
+    assert wide.model.conv_channels == (first, *(3 * c // 2 for c in later))
+    assert dataclasses.replace(wide.model, conv_channels=lr2.model.conv_channels) == lr2.model
 
 
 def test_cli_export_offers_every_weight_storage():

@@ -218,6 +218,14 @@ RECIPES: dict[str, Recipe] = {
         _SHIPPED, model=dataclasses.replace(_SHIPPED.model, n_layers=2, ff_dim=256),
         summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with a lighter transformer (2 layers, feed-forward 256), for ensembles of three",
     ),
+    # The shipped recipe with wider second and third CNN blocks (docs/ablation.md, session
+    # 47, "A wider CNN"): the transformer branch is dead in every model measured, so the CNN
+    # is the whole model, and its width was never varied. 1.5x on the blocks after the
+    # full-resolution one: a folded pair of them costs about what three shipped members do.
+    "fast-cmn-speed-wide-ema-long-lr2-widecnn": dataclasses.replace(
+        _SHIPPED, model=dataclasses.replace(_SHIPPED.model, conv_channels=(16, 48, 96)),
+        summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with CNN channels 16/48/96 instead of 16/32/64",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
