@@ -171,7 +171,8 @@ def _window(config: FeatureConfig) -> np.ndarray:
 # as the dense product up to float32 rounding (the zeros are skipped, not approximated).
 MEL_GROUP_SIZE = 8
 # Each of those products is cut along time into calls of at most this many multiply-adds
-# (m * n * k), the most OpenBLAS (numpy's BLAS in its wheels) computes on one thread
+# (m * n * k), the most OpenBLAS (numpy's BLAS in its Linux and Windows wheels; its wheels
+# for macOS 14 and later use Accelerate, which this does not cover) computes on one thread
 # (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD = 65536 * 4, interface/gemm.c). Above it,
 # the call goes to as many threads as there are cores, and two things follow: the sums
 # come out in another order, so the features' bits depended on the machine's core count
