@@ -290,8 +290,8 @@ def _squared_spectrum(batch: np.ndarray, config: FeatureConfig) -> np.ndarray:
 def _log_mel_rows(batch: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """``(b, n)`` float32 samples -> ``(b, n_mels, frames)`` float32 dB (a new array)."""
     squares = _squared_spectrum(batch, config)
-    db = np.empty((len(batch), config.n_mels, squares.shape[1]), dtype=np.float32)
     n_frames = squares.shape[1]
+    db = np.empty((len(batch), config.n_mels, n_frames), dtype=np.float32)
     for band in _mel_bands(config):  # mel power = filterbank @ (re^2 + im^2)
         for start in range(0, n_frames, band.frames_per_call):
             frames = slice(start, start + band.frames_per_call)
