@@ -75,6 +75,7 @@ def test_member_latency_builds_the_shipped_graph_from_untrained_members(tmp_path
 
     from ser_edge.edge_runtime.features import FeatureConfig
     from ser_edge.export.exporter import latency_ms
+    from ser_edge.export.fold import folded_indices
     from ser_edge.train.recipes import SHIPPED_RECIPE, SHIPPED_SEEDS
 
     tool = _member_latency()
@@ -85,9 +86,9 @@ def test_member_latency_builds_the_shipped_graph_from_untrained_members(tmp_path
             tool["parse_spec"](bad)
     config = FeatureConfig()
     path = tmp_path / "probe.onnx"
-    shipped_folded = any(v["folded"] for v in json.loads(  # the shipped file's form (folded since 0.10.0)
+    shipped_folded = bool(folded_indices(json.loads(  # the shipped file's form (folded since 0.10.0)
         {p.key: p.value for p in onnx.load(str(REPO / "ser_edge" / "models" / "ser_edge_default.onnx")).metadata_props}
-        ["provenance"]).get("branch_fold", []))
+        ["provenance"])))
     size = tool["build_graph"](SHIPPED_RECIPE, len(SHIPPED_SEEDS), path, config, folded=shipped_folded)
     probe, shipped = onnx.load(str(path)), onnx.load(str(REPO / "ser_edge" / "models" / "ser_edge_default.onnx"))
 

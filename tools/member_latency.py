@@ -36,13 +36,12 @@ def parse_spec(spec: str) -> tuple[str, int, bool]:
     """``"RECIPE:N"`` or ``"RECIPE:N:folded"`` -> (recipe, N, folded); the recipe must be one of ``RECIPES``."""
     from ser_edge.train.recipes import RECIPES
 
-    parts = spec.split(SPEC_SEPARATOR)
-    folded = len(parts) == 3 and parts[2] == FOLDED
-    name, count = (parts[0], parts[1]) if len(parts) in (2, 3) else ("", "")
-    if name not in RECIPES or not count.isdigit() or int(count) < 1 or (len(parts) == 3 and not folded):
+    name, _, rest = spec.partition(SPEC_SEPARATOR)
+    count, has_suffix, suffix = rest.partition(SPEC_SEPARATOR)
+    if name not in RECIPES or not count.isdigit() or int(count) < 1 or (has_suffix and suffix != FOLDED):
         raise argparse.ArgumentTypeError(f"{spec!r}: expected RECIPE:N or RECIPE:N:{FOLDED} with RECIPE one of "
                                          f"{sorted(RECIPES)} and N >= 1")
-    return name, int(count), folded
+    return name, int(count), suffix == FOLDED
 
 
 def build_graph(recipe: str, n_members: int, path: Path, feature_config, *, folded: bool = False) -> int:

@@ -256,7 +256,8 @@ def evaluate_run(
         from ser_edge.edge_runtime.features import log_mel
         from ser_edge.train.augment import speed_perturb
 
-        features = log_mel(np.stack([speed_perturb(wave, speed) for wave in fs.waveforms]), feature_config)
+        # Window by window: a stacked copy of every perturbed waveform would be twice the features' size.
+        features = np.stack([log_mel(speed_perturb(wave, speed), feature_config) for wave in fs.waveforms])
     model = load_model(run_dir, feature_config)
     window_probs = predict_windows(model, features, rows, Scaler.load(run_dir / "scaler.npz"), "cpu")
     probs, y = clip_level(fs, rows, window_probs)
