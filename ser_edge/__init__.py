@@ -15,7 +15,7 @@ from ser_edge.edge_runtime import (
     log_mel,
 )
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 __all__ = [
     "EmotionClassifier",

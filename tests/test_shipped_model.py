@@ -54,10 +54,8 @@ def test_example_clip_gets_a_real_prediction():
 def test_shipped_model_was_trained_on_todays_front_end():
     """The rebuild can reproduce the shipped file only from the features it was trained on:
     a change of the log-mel's floating-point rounding (which no setting records) changes the
-    fingerprint, and has to come with a rebuilt model. The fingerprint is that of numpy's
-    OpenBLAS with two or more threads, as on CI: until the front-end of branch
-    ``mel-blocks`` lands, one BLAS thread (one core, or OMP_NUM_THREADS=1) sums differently
-    (MODEL_CARD.md, "Reproducibility")."""
+    fingerprint, and has to come with a rebuilt model. The fingerprint does not depend on
+    the BLAS thread count (tests/test_features.py)."""
     from ser_edge.train.data import front_end_fingerprint
 
     shipped, today = documented()["front_end"], front_end_fingerprint(FeatureConfig())
