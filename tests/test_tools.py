@@ -256,6 +256,17 @@ def test_onnx_ab_times_two_graphs_in_alternation(tmp_path, capsys):
     assert "absent.onnx: no such file" in capsys.readouterr().err
 
 
+def test_logmel_ab_times_two_checkouts_front_ends(tmp_path, capsys):
+    tool = runpy.run_path(str(REPO / "tools" / "logmel_ab.py"))
+    assert tool["main"]([str(REPO), str(REPO), "--pairs", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "largest |B - A|: 0.00e+00 dB"  # the same code twice: the same bits
+    assert out[1].startswith(f"A {REPO}: p50 ") and out[2].startswith(f"B {REPO}: p50 ")
+    assert out[3].startswith("paired over 3: median B - A ")
+    assert tool["main"]([str(REPO), str(tmp_path)]) == 1
+    assert f"{tmp_path}: no ser_edge/edge_runtime/features.py there" in capsys.readouterr().err
+
+
 def test_branch_share_sees_a_branch_the_classifier_ignores(tmp_path):
     """Zero the classifier's weights on the transformer's features: that branch's part of
     the logits no longer varies and gets no gradient, while the CNN's still does."""

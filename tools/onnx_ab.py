@@ -38,16 +38,29 @@ def paired_times(a: Path, b: Path, pairs: int, threads: int) -> tuple[np.ndarray
     config = FeatureConfig()
     x = np.random.default_rng(INPUT_SEED).uniform(-config.top_db, 0, (1, 1, config.n_mels, config.n_frames))
     feed = {INPUT_NAME: x.astype(np.float32)}
-    for session in sessions:
+    return alternate([lambda s=s: s.run(None, feed) for s in sessions], pairs)
+
+
+def alternate(calls, pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Milliseconds per call of ``calls[0]`` and ``calls[1]``, after ``WARMUP_RUNS`` each,
+    ``pairs`` calls each, taking turns (which one goes first alternates)."""
+    for call in calls:
         for _ in range(WARMUP_RUNS):
-            session.run(None, feed)
+            call()
     times = np.empty((2, pairs))
     for i in range(pairs):
         for k in (0, 1) if i % 2 == 0 else (1, 0):
             start = time.perf_counter()
-            sessions[k].run(None, feed)
+            calls[k]()
             times[k, i] = (time.perf_counter() - start) * MS
     return times[0], times[1]
+
+
+def report(a_label: str, b_label: str, a: np.ndarray, b: np.ndarray) -> None:
+    """Each side's median and 10th percentile, and the paired differences."""
+    for name, label, t in (("A", a_label, a), ("B", b_label, b)):
+        print(f"{name} {label}: p50 {np.median(t):.3f} ms, p10 {np.percentile(t, 10):.3f} ms")
+    print(f"paired over {len(a)}: median B - A {np.median(b - a):+.3f} ms; B faster in {np.mean(b < a):.0%} of pairs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pairs < 1 or args.threads < 1:
         print("error: --pairs and --threads must be at least 1", file=sys.stderr)
         return 2
-    a, b = paired_times(args.a, args.b, args.pairs, args.threads)
-    for name, path, t in (("A", args.a, a), ("B", args.b, b)):
-        print(f"{name} {path}: p50 {np.median(t):.3f} ms, p10 {np.percentile(t, 10):.3f} ms")
-    print(f"paired over {args.pairs}: median B - A {np.median(b - a):+.3f} ms; B faster in {np.mean(b < a):.0%} of pairs")
+    report(str(args.a), str(args.b), *paired_times(args.a, args.b, args.pairs, args.threads))
     return 0
 
 
