@@ -531,6 +531,13 @@ def test_recipes_derive_from_the_shipped_one():
     first, *later = lr2.model.conv_channels
     assert wide.model.conv_channels == (first, *(3 * c // 2 for c in later))
     assert dataclasses.replace(wide.model, conv_channels=lr2.model.conv_channels) == lr2.model
+    # The narrow-masks row halves the shipped recipe's SpecAugment mask widths, nothing else.
+    narrow = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-narrowmasks"]
+    assert (narrow.model, narrow.train) == (lr2.model, lr2.train)
+    assert (2 * narrow.augment.freq_mask_bins, 2 * narrow.augment.time_mask_frames) == (
+        lr2.augment.freq_mask_bins, lr2.augment.time_mask_frames)
+    assert dataclasses.replace(narrow.augment, freq_mask_bins=lr2.augment.freq_mask_bins,
+                               time_mask_frames=lr2.augment.time_mask_frames) == lr2.augment
 
 
 def test_cli_export_offers_every_weight_storage():
