@@ -4,6 +4,9 @@ reproduces its documented test-actor accuracy through the edge runtime."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,12 +58,19 @@ def test_shipped_model_was_trained_on_todays_front_end():
     """The rebuild can reproduce the shipped file only from the features it was trained on:
     a change of the log-mel's floating-point rounding (which no setting records) changes the
     fingerprint, and has to come with a rebuilt model. The fingerprint does not depend on
-    the BLAS thread count (tests/test_features.py)."""
-    from ser_edge.train.data import front_end_fingerprint
+    the BLAS thread count (tests/test_features.py), but it does on OpenBLAS's kernel set,
+    which follows the CPU: it is computed with the shipped members' kernels pinned."""
+    from ser_edge.train.recipes import SHIPPED_FRONT_END_BLAS
 
-    shipped, today = documented()["front_end"], front_end_fingerprint(FeatureConfig())
-    assert shipped == today, (f"the shipped model learned from front-end {shipped}, this checkout computes {today}: "
-                              "rebuild it (python -m ser_edge.train.rebuild, README)")
+    code = ("from ser_edge.edge_runtime import FeatureConfig\n"
+            "from ser_edge.train.data import front_end_fingerprint\n"
+            "print(front_end_fingerprint(FeatureConfig()))")
+    env = {**os.environ, "OPENBLAS_CORETYPE": SHIPPED_FRONT_END_BLAS}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    shipped, today = documented()["front_end"], result.stdout.strip()
+    assert shipped == today, (f"the shipped model learned from front-end {shipped}, this checkout computes {today} "
+                              f"with OPENBLAS_CORETYPE={SHIPPED_FRONT_END_BLAS}: rebuild it "
+                              "(python -m ser_edge.train.rebuild, README)")
 
 
 def test_shipped_variants_match_the_files():

@@ -263,3 +263,10 @@ SHIPPED_SEEDS = (0, 1)
 # How the shipped graph stores its weights (exporter.WEIGHT_DTYPES): float16 values, computed
 # in float32. Half the file; the shipped pair's test-actor metrics were identical either way.
 SHIPPED_WEIGHTS = "float16"
+# The OpenBLAS kernel set the shipped members' features were computed with. numpy's OpenBLAS
+# picks its kernels by CPU, and they round the log-mel's mel products differently: on one
+# AVX-512 machine (session 49) the front-end fingerprint is a1cfed99... with
+# OPENBLAS_CORETYPE=Haswell (the AVX2 kernels, which every earlier build machine used) and
+# a6c621d9... with its own SkylakeX kernels. Bit-identical features, and so a bit-identical
+# rebuild, need the same kernels: run the rebuild with OPENBLAS_CORETYPE set to this.
+SHIPPED_FRONT_END_BLAS = "Haswell"
