@@ -177,14 +177,15 @@ def test_store_float16_halves_the_weights_and_keeps_the_outputs(tmp_path):
     assert EmotionClassifier(path).labels == tuple(LABELS)
 
 
-def _fake_member(folder, seed, *, front_end="abc123", mean=0.0, n_mels=32):
+def _fake_member(folder, seed, *, front_end="abc123", blas="openblas 0.3.31 Haswell", mean=0.0, n_mels=32):
     """A run folder as load_members reads it (the checkpoint's bytes are not read there)."""
     from ser_edge.train.scaler import Scaler
 
     folder.mkdir()
     config = {"train": {"seed": seed, "threads": 1, "device": "cpu", "lr": 1e-3}, "model": {"d_model": 16},
               "augment": {"speed_prob": 0.5}, "labels": LABELS, "features": json.loads(SMALL_FEATURES.to_json()),
-              "split": {"train": [1, 2], "val": [3], "test": [4]}, "data_hash": "d", "front_end": front_end}
+              "split": {"train": [1, 2], "val": [3], "test": [4]}, "data_hash": "d", "front_end": front_end,
+              "front_end_blas": blas}
     (folder / "config.json").write_text(json.dumps(config))
     Scaler(np.full((n_mels, 4), mean, np.float32), np.ones((n_mels, 4), np.float32)).save(folder / "scaler.npz")
     (folder / "best_parallel_ser.pt").write_bytes(b"")
@@ -200,7 +201,9 @@ def test_load_members_accepts_runs_that_differ_in_seed_only(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"front_end": "fff999"}, r"another front-end .*fingerprint fff999 against abc123"),
-    ({"front_end": None}, r"another front-end .*fingerprint not recorded against abc123"),
+    ({"front_end": None}, r"another front-end .*fingerprint not recorded against abc123\)"),
+    ({"front_end": "fff999", "blas": "openblas 0.3.31 SkylakeX"},
+     r"fingerprint fff999 against abc123; BLAS kernels openblas 0.3.31 SkylakeX against openblas 0.3.31 Haswell\)"),
     ({"mean": 1.0}, "scaler differs"),
 ])
 def test_load_members_refuses_a_member_with_other_features(tmp_path, change, message):

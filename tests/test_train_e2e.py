@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +108,9 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
 
     from ser_edge.edge_runtime import EmotionClassifier
     from ser_edge.edge_runtime.features import FeatureConfig
-    from ser_edge.train.data import front_end_fingerprint
+    from ser_edge.train.rebuild import blas_pin, cpu_has_avx2
     from ser_edge.train.rebuild import main as rebuild
+    from ser_edge.train.recipes import SHIPPED_FRONT_END_BLAS
 
     run_dir, out_dir, cache = tmp_path / "runs", tmp_path / "models", tmp_path / "cache"
     args = ["--data", str(small_data), "--run-dir", str(run_dir), "--out-dir", str(out_dir), "--cache", str(cache),
@@ -119,7 +123,19 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
         config = json.loads((run_dir / member["run"] / "config.json").read_text())
         assert member["code_version"] == config["code_version"]
         assert config["front_end"] == provenance["front_end"]  # the features they saw, on record
-    assert provenance["front_end"] == front_end_fingerprint(FeatureConfig.from_dict(config["features"]))
+    # The members learned from the shipped members' BLAS kernels where this CPU has them
+    # (the rebuild pins them): the fingerprint on record is the one those kernels compute.
+    pin = blas_pin(os.environ, machine=platform.machine(), has_avx2=cpu_has_avx2())
+    code = ("import json, sys\nfrom ser_edge.edge_runtime import FeatureConfig\n"
+            "from ser_edge.train.data import blas_kernels, front_end_fingerprint\n"
+            "print(front_end_fingerprint(FeatureConfig.from_dict(json.loads(sys.argv[1]))), blas_kernels())")
+    env = {**os.environ, **({"OPENBLAS_CORETYPE": pin} if pin else {})}
+    fingerprint, *kernels = subprocess.run([sys.executable, "-c", code, json.dumps(config["features"])], env=env,
+                                           capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    assert provenance["front_end"] == fingerprint
+    assert provenance["front_end_blas"] == config["front_end_blas"] == " ".join(kernels).strip()
+    if pin:
+        assert provenance["front_end_blas"].split()[-1] == SHIPPED_FRONT_END_BLAS
     assert provenance["command"].endswith(" ".join(args))
     split = provenance["split"]
     test_summary = provenance["test_edge_runtime"]["fp32"]["summary"]
@@ -167,11 +183,11 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     got = EmotionClassifier(model).predict_file(clip).probabilities
     np.testing.assert_allclose([got[label] for label in json.loads(meta["labels"])], expected, atol=1e-4)
 
-    # Runs of different splits cannot form one ensemble: one line, non-zero exit.
+    # Runs of different splits cannot form one ensemble: one line, non-zero exit. (The other
+    # run learns from the members' BLAS kernels, or its front-end would be what differs.)
     other = tmp_path / "other"
-    trained = CliRunner().invoke(main, ["train", str(small_data), "--out", str(other), "--epochs", "1", "--cache",
-                                        str(cache), "--quiet", "--seed", "1", "--split-seed", "5"])
-    assert trained.exit_code == 0, trained.output
+    subprocess.run([sys.executable, "-m", "ser_edge.cli", "train", str(small_data), "--out", str(other), "--epochs", "1",
+                    "--cache", str(cache), "--quiet", "--seed", "1", "--split-seed", "5"], env=env, check=True)
     mixed = CliRunner().invoke(main, ["export", str(run_dir / "seed_1"), str(other), "--out", str(tmp_path / "x.onnx"),
                                       "--cache", str(cache)])
     assert mixed.exit_code != 0

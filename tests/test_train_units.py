@@ -1176,3 +1176,35 @@ def test_a_weight_average_that_spans_many_patiences_is_warned_about():
     suggested = float(tiny.split("--ema-decay ")[1].split()[0])
     assert ema_lag_warning(suggested, 1, 12) is None and 0 < suggested < 0.997
     assert ema_lag_warning(0.997, 13, 12) is not None and ema_lag_warning(0.997, 14, 12) is None  # 25.6 vs 23.8 epochs
+
+
+def test_rebuild_pins_the_shipped_blas_kernels_only_where_they_exist():
+    """The rebuild runs with the shipped members' OpenBLAS kernels on x86-64 CPUs with AVX2,
+    leaves a kernel set the user chose alone, and pins nothing where the kernels do not exist."""
+    from ser_edge.train.rebuild import blas_pin
+    from ser_edge.train.recipes import SHIPPED_FRONT_END_BLAS
+
+    assert blas_pin({}, machine="x86_64", has_avx2=True) == SHIPPED_FRONT_END_BLAS
+    assert blas_pin({"PATH": "/bin"}, machine="AMD64", has_avx2=True) == SHIPPED_FRONT_END_BLAS  # Windows' name
+    assert blas_pin({"OPENBLAS_CORETYPE": "SkylakeX"}, machine="x86_64", has_avx2=True) is None
+    assert blas_pin({}, machine="x86_64", has_avx2=False) is None
+    assert blas_pin({}, machine="aarch64", has_avx2=False) is None
+    assert blas_pin({}, machine="arm64", has_avx2=True) is None
+
+
+def test_blas_kernels_names_the_kernel_set_openblas_was_told_to_use():
+    """What the runs and the provenance record is the kernel set numpy's OpenBLAS really
+    uses: pinning one through OPENBLAS_CORETYPE shows up in it."""
+    import os
+    import subprocess
+    import sys
+
+    from ser_edge.train.rebuild import cpu_has_avx2
+
+    if not cpu_has_avx2():
+        pytest.skip("not an x86-64 CPU with AVX2: OpenBLAS's x86 kernel sets cannot be pinned here")
+    code = "from ser_edge.train.data import blas_kernels; print(blas_kernels())"
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Sandybridge"}  # AVX kernels: every AVX2 CPU runs them
+    words = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert words[0] == "openblas" and words[-1] == "Sandybridge"

@@ -355,6 +355,22 @@ def front_end_fingerprint(config: FeatureConfig) -> str:
     return hashlib.sha256(log_mel(windows, config).tobytes()).hexdigest()[:FINGERPRINT_HEX_CHARS]
 
 
+def blas_kernels() -> str | None:
+    """numpy's BLAS and the kernel set it picked for this CPU, e.g. ``openblas 0.3.31
+    Haswell``: the one thing besides the code that changes the front-end's bytes (its mel
+    products round differently per kernel set; OPENBLAS_CORETYPE picks one). None when
+    threadpoolctl cannot tell."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    for pool in threadpoolctl.threadpool_info():
+        if pool.get("user_api") == "blas":
+            return " ".join(str(part) for part in (pool.get("internal_api"), pool.get("version"),
+                                                   pool.get("architecture")) if part)
+    return None
+
+
 def _cache_key(config: FeatureConfig, content_hash: str, hop_s: float) -> str:
     text = json.dumps(
         {"v": CACHE_VERSION, "config": config.to_json(), "data": content_hash, "hop_s": hop_s,

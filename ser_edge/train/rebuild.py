@@ -10,6 +10,11 @@ test actors (clean, noisy, band-limited) -> write the models and ``ser_edge_defa
 (provenance: data hash, split, members, metrics, code version, command) into
 ``ser_edge/models/``. An interrupted run resumes from its checkpoints; finished member runs
 are not retrained.
+
+On an x86-64 CPU with AVX2 the whole rebuild runs with OpenBLAS's kernels pinned to the
+shipped members' (``OPENBLAS_CORETYPE``, see ``SHIPPED_FRONT_END_BLAS``): other kernel sets
+round the log-mel differently, and the rebuild would not be bit for bit. Set
+``OPENBLAS_CORETYPE`` yourself to choose another.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -31,6 +37,8 @@ SNRS_DB = (20.0, 10.0, 5.0, 0.0)
 BANDWIDTHS = (16_000, 8_000)
 TRAIN_THREADS = 1  # torch threads per member run: results do not depend on the core count
 POLL_S = 5.0  # how often the running member trainings are checked
+BLAS_KERNEL_VARIABLE = "OPENBLAS_CORETYPE"  # read by OpenBLAS when numpy loads it
+PINNABLE_MACHINES = ("x86_64", "amd64")  # platform.machine() of CPUs that have the AVX2 kernels
 
 log = logging.getLogger("ser_edge.rebuild")
 
@@ -41,6 +49,25 @@ class RebuildError(RuntimeError):
 
 def member_dir(run_dir: Path, seed: int) -> Path:
     return run_dir / f"seed_{seed}"
+
+
+def blas_pin(environ: dict[str, str] | os._Environ, *, machine: str, has_avx2: bool) -> str | None:
+    """The OpenBLAS kernel set to rebuild with, or None to leave it as it is: the shipped
+    members' on an x86-64 CPU with AVX2, unless ``OPENBLAS_CORETYPE`` is set already."""
+    from ser_edge.train.recipes import SHIPPED_FRONT_END_BLAS
+
+    if BLAS_KERNEL_VARIABLE in environ or machine.lower() not in PINNABLE_MACHINES or not has_avx2:
+        return None
+    return SHIPPED_FRONT_END_BLAS
+
+
+def cpu_has_avx2() -> bool:
+    """Whether this CPU runs AVX2 code (numpy's own dispatch table; False if it has none)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        return False
+    return bool(__cpu_features__.get("AVX2"))
 
 
 def train_members(args: argparse.Namespace, seeds: list[int], recipe: str) -> list[Path]:
@@ -120,6 +147,7 @@ def ship(args: argparse.Namespace, members: list[Path], out_dir: Path) -> dict[s
         "torch_version": config["torch_version"],
         "data_hash": config["data_hash"],
         "front_end": config.get("front_end"),  # fingerprint of the features the members saw
+        "front_end_blas": config.get("front_end_blas"),  # the BLAS kernels that computed them
         "split": split,
         "recipe": {k: config[k] for k in ("train", "model", "augment")},
         "members": [member_summary(run) for run in members],
@@ -132,6 +160,7 @@ def ship(args: argparse.Namespace, members: list[Path], out_dir: Path) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ser_edge.cli import EXIT_INTERRUPTED
     from ser_edge.edge_runtime.errors import SerEdgeError
     from ser_edge.export.exporter import WEIGHT_DTYPES
     from ser_edge.outputs import why_unwritable
@@ -166,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{option} {folder}: {problem}")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ser_edge").setLevel(logging.INFO)
+    pin = blas_pin(os.environ, machine=platform.machine(), has_avx2=cpu_has_avx2())
+    if pin:  # numpy has chosen its kernels already: the rebuild runs again, in a process that has the pin
+        log.info("rebuilding with %s=%s, the shipped members' BLAS kernels", BLAS_KERNEL_VARIABLE, pin)
+        command = [sys.executable, "-m", "ser_edge.train.rebuild", *(argv if argv is not None else sys.argv[1:])]
+        try:
+            return subprocess.run(command, env={**os.environ, BLAS_KERNEL_VARIABLE: pin}).returncode
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
 
     if args.skip_train:
         members = [member_dir(Path(args.run_dir), seed) for seed in seeds]

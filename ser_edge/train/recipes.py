@@ -268,5 +268,5 @@ SHIPPED_WEIGHTS = "float16"
 # AVX-512 machine (session 49) the front-end fingerprint is a1cfed99... with
 # OPENBLAS_CORETYPE=Haswell (the AVX2 kernels, which every earlier build machine used) and
 # a6c621d9... with its own SkylakeX kernels. Bit-identical features, and so a bit-identical
-# rebuild, need the same kernels: run the rebuild with OPENBLAS_CORETYPE set to this.
+# rebuild, need the same kernels: the rebuild sets OPENBLAS_CORETYPE to this (rebuild.blas_pin).
 SHIPPED_FRONT_END_BLAS = "Haswell"

@@ -26,7 +26,7 @@ from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig, ParallelModel
 from ser_edge.train import metrics, warm_start
 from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, tempo_perturb, waveform_log_mel
-from ser_edge.train.data import LABELS, DatasetError, FeatureSet, Split, front_end_fingerprint
+from ser_edge.train.data import LABELS, DatasetError, FeatureSet, Split, blas_kernels, front_end_fingerprint
 from ser_edge.train.distill import Teachers, distillation_loss, load_teachers, teacher_provenance
 from ser_edge.train.heads import IntensityHead, SpeakerAdversary
 from ser_edge.train.refit import Replay
@@ -75,6 +75,7 @@ class TrainConfig:
 # Config entries a resumed run may change: where things run and how long, not what is learned.
 RESUMABLE_CHANGES = frozenset({
     "code_version", "resumed_with_code_versions", "torch_version", "data_root",
+    "front_end_blas",  # another kernel set is fine if the features' bytes (front_end) are the same
     "train.epochs", "train.early_stop_patience", "train.threads", "train.device",
     "teachers.runs",  # where the teachers lie; their weights' digests must match
     "init_from.model",  # where the model a fine-tuning run started from lies; its digest must match
@@ -388,6 +389,7 @@ class Trainer:
             "augment": dataclasses.asdict(self.aug),
             "features": dataclasses.asdict(self.fc),
             "front_end": front_end_fingerprint(self.fc),  # the features' exact bytes (data.py)
+            "front_end_blas": blas_kernels(),  # the BLAS kernels that computed them
             "labels": list(self.labels),
             **({"speakers": {str(k): v for k, v in sorted(self.speakers.items())}} if self.speakers else {}),
             "split": self.split.to_dict(),
