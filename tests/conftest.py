@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,33 @@ DATA_DIR = Path(os.environ.get("SER_EDGE_DATA", REPO.parent / "shared" / "data" 
 LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 # A small front-end and ParallelModel for fast export / training tests.
 SMALL_FEATURES = FeatureConfig(sample_rate=16_000, n_fft=256, hop_length=128, n_mels=32, clip_s=1.0, f_max_hz=8_000.0)
+
+# The front-end fingerprint and the BLAS kernels that computed it, printed by a fresh
+# interpreter for the feature config given as JSON.
+FRONT_END_PROBE = """
+import json, sys
+from ser_edge.edge_runtime import FeatureConfig
+from ser_edge.train.data import blas_kernels, front_end_fingerprint
+print(front_end_fingerprint(FeatureConfig.from_dict(json.loads(sys.argv[1]))))
+print(blas_kernels())
+"""
+
+
+def fresh_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """stdout of ``python -c code args`` in a fresh interpreter with environment ``env``
+    (default: this one's): what numpy's OpenBLAS reads only at start-up, its kernel set
+    (OPENBLAS_CORETYPE) and its thread count, can differ there."""
+    return subprocess.run([sys.executable, "-c", code, *args], env=os.environ if env is None else env,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def front_end_with_blas(features: dict, coretype: str | None) -> tuple[str, str]:
+    """(front-end fingerprint, BLAS kernels) of the feature config ``features`` (a dict, as
+    a run's config.json holds it) with OpenBLAS's kernel set pinned to ``coretype``
+    (None: the one it picks for this CPU)."""
+    env = {**os.environ, **({"OPENBLAS_CORETYPE": coretype} if coretype else {})}
+    fingerprint, kernels = fresh_python(FRONT_END_PROBE, json.dumps(features), env=env).splitlines()
+    return fingerprint, kernels
 
 
 def small_model_config(**changes):

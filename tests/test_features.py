@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from ser_edge.edge_runtime.errors import ModelError
 from ser_edge.edge_runtime.features import FeatureConfig, log_mel, mel_filterbank
 
-from conftest import tone
+from conftest import fresh_python, tone
 
 CONFIG = FeatureConfig()
 # librosa computes in float64, we in float32: measured max difference 3.5e-4 dB on speech.
@@ -153,9 +151,7 @@ def test_features_do_not_depend_on_the_blas_thread_count(variable):
     digests = set()
     for threads in ("1", "2"):
         env = {k: v for k, v in os.environ.items() if k not in BLAS_THREAD_VARIABLES} | {variable: threads}
-        probe = subprocess.run([sys.executable, "-c", BLAS_THREADS_PROBE], env=env, capture_output=True, text=True,
-                               check=True)
-        digests.add(probe.stdout)
+        digests.add(fresh_python(BLAS_THREADS_PROBE, env=env))
     assert len(digests) == 1
 
 

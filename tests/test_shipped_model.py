@@ -3,17 +3,15 @@ reproduces its documented test-actor accuracy through the edge runtime."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ser_edge.edge_runtime import EmotionClassifier, FeatureConfig, default_model_path
 
-from conftest import DATA_DIR, LABELS, REPO, needs_data
+from conftest import DATA_DIR, LABELS, REPO, front_end_with_blas, needs_data
 
 PROVENANCE = Path(default_model_path()).with_suffix(".json")
 INT8 = Path(default_model_path()).with_name("ser_edge_default.int8.onnx")
@@ -62,12 +60,8 @@ def test_shipped_model_was_trained_on_todays_front_end():
     which follows the CPU: it is computed with the shipped members' kernels pinned."""
     from ser_edge.train.recipes import SHIPPED_FRONT_END_BLAS
 
-    code = ("from ser_edge.edge_runtime import FeatureConfig\n"
-            "from ser_edge.train.data import front_end_fingerprint\n"
-            "print(front_end_fingerprint(FeatureConfig()))")
-    env = {**os.environ, "OPENBLAS_CORETYPE": SHIPPED_FRONT_END_BLAS}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    shipped, today = documented()["front_end"], result.stdout.strip()
+    shipped = documented()["front_end"]
+    today, _ = front_end_with_blas(dataclasses.asdict(FeatureConfig()), SHIPPED_FRONT_END_BLAS)
     assert shipped == today, (f"the shipped model learned from front-end {shipped}, this checkout computes {today} "
                               f"with OPENBLAS_CORETYPE={SHIPPED_FRONT_END_BLAS}: rebuild it "
                               "(python -m ser_edge.train.rebuild, README)")

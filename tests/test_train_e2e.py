@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from ser_edge.cli import main
 
-from conftest import DATA_DIR, needs_data
+from conftest import DATA_DIR, front_end_with_blas, needs_data
 
 ACTORS = (1, 2, 3, 4)
 
@@ -107,7 +107,6 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     import onnx
 
     from ser_edge.edge_runtime import EmotionClassifier
-    from ser_edge.edge_runtime.features import FeatureConfig
     from ser_edge.train.rebuild import blas_pin, cpu_has_avx2
     from ser_edge.train.rebuild import main as rebuild
     from ser_edge.train.recipes import SHIPPED_FRONT_END_BLAS
@@ -126,14 +125,9 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     # The members learned from the shipped members' BLAS kernels where this CPU has them
     # (the rebuild pins them): the fingerprint on record is the one those kernels compute.
     pin = blas_pin(os.environ, machine=platform.machine(), has_avx2=cpu_has_avx2())
-    code = ("import json, sys\nfrom ser_edge.edge_runtime import FeatureConfig\n"
-            "from ser_edge.train.data import blas_kernels, front_end_fingerprint\n"
-            "print(front_end_fingerprint(FeatureConfig.from_dict(json.loads(sys.argv[1]))), blas_kernels())")
-    env = {**os.environ, **({"OPENBLAS_CORETYPE": pin} if pin else {})}
-    fingerprint, *kernels = subprocess.run([sys.executable, "-c", code, json.dumps(config["features"])], env=env,
-                                           capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    fingerprint, kernels = front_end_with_blas(config["features"], pin)
     assert provenance["front_end"] == fingerprint
-    assert provenance["front_end_blas"] == config["front_end_blas"] == " ".join(kernels).strip()
+    assert provenance["front_end_blas"] == config["front_end_blas"] == kernels
     if pin:
         assert provenance["front_end_blas"].split()[-1] == SHIPPED_FRONT_END_BLAS
     assert provenance["command"].endswith(" ".join(args))
@@ -187,7 +181,8 @@ def test_rebuild_trains_and_ships_a_two_seed_ensemble(small_data, tmp_path):
     # run learns from the members' BLAS kernels, or its front-end would be what differs.)
     other = tmp_path / "other"
     subprocess.run([sys.executable, "-m", "ser_edge.cli", "train", str(small_data), "--out", str(other), "--epochs", "1",
-                    "--cache", str(cache), "--quiet", "--seed", "1", "--split-seed", "5"], env=env, check=True)
+                    "--cache", str(cache), "--quiet", "--seed", "1", "--split-seed", "5"],
+                   env={**os.environ, **({"OPENBLAS_CORETYPE": pin} if pin else {})}, check=True)
     mixed = CliRunner().invoke(main, ["export", str(run_dir / "seed_1"), str(other), "--out", str(tmp_path / "x.onnx"),
                                       "--cache", str(cache)])
     assert mixed.exit_code != 0

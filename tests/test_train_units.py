@@ -18,7 +18,7 @@ from ser_edge.train.data import DatasetError, FeatureSet, kfold_splits, parse_na
 from ser_edge.train.scaler import Scaler
 from ser_edge.train.trainer import class_weights
 
-from conftest import SMALL_FEATURES, small_model_config
+from conftest import SMALL_FEATURES, front_end_with_blas, small_model_config
 
 ACTORS = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 20, 21, 23, 24]
 
@@ -1195,16 +1195,9 @@ def test_rebuild_pins_the_shipped_blas_kernels_only_where_they_exist():
 def test_blas_kernels_names_the_kernel_set_openblas_was_told_to_use():
     """What the runs and the provenance record is the kernel set numpy's OpenBLAS really
     uses: pinning one through OPENBLAS_CORETYPE shows up in it."""
-    import os
-    import subprocess
-    import sys
-
     from ser_edge.train.rebuild import cpu_has_avx2
 
     if not cpu_has_avx2():
         pytest.skip("not an x86-64 CPU with AVX2: OpenBLAS's x86 kernel sets cannot be pinned here")
-    code = "from ser_edge.train.data import blas_kernels; print(blas_kernels())"
-    env = {**os.environ, "OPENBLAS_CORETYPE": "Sandybridge"}  # AVX kernels: every AVX2 CPU runs them
-    words = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                           check=True).stdout.split()
-    assert words[0] == "openblas" and words[-1] == "Sandybridge"
+    _, kernels = front_end_with_blas(dataclasses.asdict(SMALL_FEATURES), "Sandybridge")  # AVX: every AVX2 CPU runs it
+    assert kernels.split()[0] == "openblas" and kernels.split()[-1] == "Sandybridge"
