@@ -538,6 +538,13 @@ def test_recipes_derive_from_the_shipped_one():
         lr2.augment.freq_mask_bins, lr2.augment.time_mask_frames)
     assert dataclasses.replace(narrow.augment, freq_mask_bins=lr2.augment.freq_mask_bins,
                                time_mask_frames=lr2.augment.time_mask_frames) == lr2.augment
+    # The batch-16 row halves the shipped recipe's batch and keeps its weight average's
+    # horizon in epochs (twice the steps per epoch: 1 - decay halves), nothing else.
+    small = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-batch16"]
+    assert (small.model, small.augment) == (lr2.model, lr2.augment)
+    assert 2 * small.train_config().batch_size == lr2.train_config().batch_size == 32
+    assert 1 - small.train_config().ema_decay == pytest.approx((1 - lr2.train_config().ema_decay) / 2)
+    assert {**small.train, "batch_size": 32, "ema_decay": lr2.train["ema_decay"]} == {**lr2.train, "batch_size": 32}
 
 
 def test_cli_export_offers_every_weight_storage():
