@@ -781,6 +781,13 @@ def test_resuming_another_recipe_or_split_fails_before_the_run_is_touched(tmp_pa
     config = trainer().config_dict()
     older = {**config, "train": {k: v for k, v in config["train"].items() if k != "ema_decay"}}
     assert config_changes(config, older) == []
+    # Other BLAS kernels that compute the same features resume; other features are refused,
+    # and the message names both kernel sets.
+    assert config_changes({**config, "front_end_blas": "openblas 0.3.31 Zen"}, config) == []
+    moved = {**config, "front_end": "0" * 16, "front_end_blas": "openblas 0.3.31 Sandybridge"}
+    with pytest.raises(ResumeMismatchError, match=r"different front_end; BLAS kernels openblas 0.3.31 Sandybridge "
+                                                  r"against openblas \S+ \w+\)"):
+        trainer().check_resumable(moved)
 
 
 def test_feature_cache_hits_across_path_spellings_and_rewrites_atomically(tmp_path, monkeypatch):

@@ -345,18 +345,13 @@ def _member_recipe(run_config: Mapping[str, Any]) -> dict[str, Any]:
             "data_hash": run_config.get("data_hash")}
 
 
-def _kernels_note(config: dict[str, Any], first: dict[str, Any]) -> str:
-    """``; BLAS kernels X against Y`` where the two runs recorded different ones."""
-    mine, theirs = config.get("front_end_blas"), first.get("front_end_blas")
-    return f"; BLAS kernels {mine} against {theirs}" if mine and theirs and mine != theirs else ""
-
-
 def load_members(run_dirs: Sequence[str | os.PathLike]) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
     """The runs' shared config, each run's config, and their shared scaler.
 
     The runs must be one recipe on one actor split (they may differ in seed only); their
     scalers, fit on the same training actors, must then be identical.
     """
+    from ser_edge.train.data import blas_kernels_note
     from ser_edge.train.scaler import Scaler
 
     configs, scaler = [], None
@@ -369,7 +364,7 @@ def load_members(run_dirs: Sequence[str | os.PathLike]) -> tuple[dict[str, Any],
             raise ExportError(
                 f"run's features come from another front-end than {run_dirs[0]}'s (fingerprint "
                 f"{config.get('front_end') or 'not recorded'} against {configs[0].get('front_end') or 'not recorded'}"
-                f"{_kernels_note(config, configs[0])}): retrain it with the same code and BLAS kernels "
+                f"{blas_kernels_note(config, configs[0])}): retrain it with the same code and BLAS kernels "
                 "(OPENBLAS_CORETYPE)", path=str(run_dir))
         if configs and _member_recipe(config) != _member_recipe(configs[0]):
             raise ExportError(f"run is not the same recipe and actor split as {run_dirs[0]} (only the seed may differ)",

@@ -371,6 +371,13 @@ def blas_kernels() -> str | None:
     return None
 
 
+def blas_kernels_note(config: dict, other: dict) -> str:
+    """``; BLAS kernels X against Y`` where two runs' configs recorded different kernel sets
+    (what to add to a message about their different front-end fingerprints), else ``""``."""
+    mine, theirs = config.get("front_end_blas"), other.get("front_end_blas")
+    return f"; BLAS kernels {mine} against {theirs}" if mine and theirs and mine != theirs else ""
+
+
 def _cache_key(config: FeatureConfig, content_hash: str, hop_s: float) -> str:
     text = json.dumps(
         {"v": CACHE_VERSION, "config": config.to_json(), "data": content_hash, "hop_s": hop_s,

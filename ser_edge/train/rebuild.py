@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_NAME = "ser_edge_default"
@@ -51,7 +51,7 @@ def member_dir(run_dir: Path, seed: int) -> Path:
     return run_dir / f"seed_{seed}"
 
 
-def blas_pin(environ: dict[str, str] | os._Environ, *, machine: str, has_avx2: bool) -> str | None:
+def blas_pin(environ: Mapping[str, str], *, machine: str, has_avx2: bool) -> str | None:
     """The OpenBLAS kernel set to rebuild with, or None to leave it as it is: the shipped
     members' on an x86-64 CPU with AVX2, unless ``OPENBLAS_CORETYPE`` is set already."""
     from ser_edge.train.recipes import SHIPPED_FRONT_END_BLAS

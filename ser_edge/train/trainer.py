@@ -26,7 +26,7 @@ from ser_edge.edge_runtime.features import FeatureConfig
 from ser_edge.models.parallel import ModelConfig, ParallelModel
 from ser_edge.train import metrics, warm_start
 from ser_edge.train.augment import AugmentConfig, freq_warp, spec_augment, tempo_perturb, waveform_log_mel
-from ser_edge.train.data import LABELS, DatasetError, FeatureSet, Split, blas_kernels, front_end_fingerprint
+from ser_edge.train.data import LABELS, DatasetError, FeatureSet, Split, blas_kernels, blas_kernels_note, front_end_fingerprint
 from ser_edge.train.distill import Teachers, distillation_loss, load_teachers, teacher_provenance
 from ser_edge.train.heads import IntensityHead, SpeakerAdversary
 from ser_edge.train.refit import Replay
@@ -370,10 +370,11 @@ class Trainer:
         if not config_path.is_file():
             return None
         previous = json.loads(config_path.read_text())
-        changed = config_changes(config if config is not None else self.config_dict(), previous)
+        config = config if config is not None else self.config_dict()
+        changed = config_changes(config, previous)
         if changed:
             raise ResumeMismatchError(
-                f"holds another run (different {', '.join(changed)}); "
+                f"holds another run (different {', '.join(changed)}{blas_kernels_note(config, previous)}); "
                 "train into a new --out folder, or delete this one to start over", path=str(self.run_dir))
         return previous
 
