@@ -788,6 +788,11 @@ def test_resuming_another_recipe_or_split_fails_before_the_run_is_touched(tmp_pa
     with pytest.raises(ResumeMismatchError, match=r"different front_end; BLAS kernels openblas 0.3.31 Sandybridge "
                                                   r"against openblas \S+ \w+\)"):
         trainer().check_resumable(moved)
+    # Kernels are named only where the features differ: another recipe is just that.
+    with pytest.raises(ResumeMismatchError, match=r"different train.ema_decay\); ") as caught:
+        trainer().check_resumable({**config, "train": {**config["train"], "ema_decay": 0.5},
+                                   "front_end_blas": "openblas 0.3.31 Sandybridge"})
+    assert "BLAS" not in str(caught.value)
 
 
 def test_feature_cache_hits_across_path_spellings_and_rewrites_atomically(tmp_path, monkeypatch):
