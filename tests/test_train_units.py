@@ -545,6 +545,13 @@ def test_recipes_derive_from_the_shipped_one():
     assert 2 * small.train_config().batch_size == lr2.train_config().batch_size == 32
     assert 1 - small.train_config().ema_decay == pytest.approx((1 - lr2.train_config().ema_decay) / 2)
     assert {**small.train, "batch_size": 32, "ema_decay": lr2.train["ema_decay"]} == {**lr2.train, "batch_size": 32}
+    # The speed-30 row widens the shipped recipe's speed range by 0.1 on either side, nothing else.
+    wider = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-speed30"]
+    assert (wider.model, wider.train) == (lr2.model, lr2.train)
+    low, high = lr2.augment.speed_range
+    assert wider.augment.speed_range == pytest.approx((low - 0.1, high + 0.1))
+    assert wider.augment.speed_prob == lr2.augment.speed_prob > 0
+    assert dataclasses.replace(wider.augment, speed_range=lr2.augment.speed_range) == lr2.augment
 
 
 def test_cli_export_offers_every_weight_storage():
