@@ -372,8 +372,11 @@ def blas_kernels() -> str | None:
 
 
 def blas_kernels_note(config: dict, other: dict) -> str:
-    """``; BLAS kernels X against Y`` where two runs' configs recorded different kernel sets
-    (what to add to a message about their different front-end fingerprints), else ``""``."""
+    """``; BLAS kernels X against Y`` where two runs' configs recorded different front-end
+    fingerprints and different kernel sets (what to add to a message about their
+    differences), else ``""``: kernels that did not change the features are no difference."""
+    if config.get("front_end") == other.get("front_end"):
+        return ""
     mine, theirs = config.get("front_end_blas"), other.get("front_end_blas")
     return f"; BLAS kernels {mine} against {theirs}" if mine and theirs and mine != theirs else ""
 

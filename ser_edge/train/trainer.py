@@ -374,8 +374,7 @@ class Trainer:
         changed = config_changes(config, previous)
         if changed:
             raise ResumeMismatchError(
-                f"holds another run (different {', '.join(changed)}"
-                f"{blas_kernels_note(config, previous) if 'front_end' in changed else ''}); "
+                f"holds another run (different {', '.join(changed)}{blas_kernels_note(config, previous)}); "
                 "train into a new --out folder, or delete this one to start over", path=str(self.run_dir))
         return previous
 
