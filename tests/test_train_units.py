@@ -545,6 +545,13 @@ def test_recipes_derive_from_the_shipped_one():
     assert 2 * small.train_config().batch_size == lr2.train_config().batch_size == 32
     assert 1 - small.train_config().ema_decay == pytest.approx((1 - lr2.train_config().ema_decay) / 2)
     assert {**small.train, "batch_size": 32, "ema_decay": lr2.train["ema_decay"]} == {**lr2.train, "batch_size": 32}
+    # The batch-64 row doubles the shipped recipe's batch and keeps its weight average's
+    # horizon in epochs (half the steps per epoch: 1 - decay doubles), nothing else.
+    large = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-batch64"]
+    assert (large.model, large.augment) == (lr2.model, lr2.augment)
+    assert large.train_config().batch_size == 2 * lr2.train_config().batch_size == 64
+    assert 1 - large.train_config().ema_decay == pytest.approx(2 * (1 - lr2.train_config().ema_decay))
+    assert {**large.train, "batch_size": 32, "ema_decay": lr2.train["ema_decay"]} == {**lr2.train, "batch_size": 32}
     # The speed-30 row widens the shipped recipe's speed range by 0.1 on either side, nothing else.
     wider = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-speed30"]
     assert (wider.model, wider.train) == (lr2.model, lr2.train)
