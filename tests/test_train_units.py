@@ -552,6 +552,12 @@ def test_recipes_derive_from_the_shipped_one():
     assert large.train_config().batch_size == 2 * lr2.train_config().batch_size == 64
     assert 1 - large.train_config().ema_decay == pytest.approx(2 * (1 - lr2.train_config().ema_decay))
     assert {**large.train, "batch_size": 32, "ema_decay": lr2.train["ema_decay"]} == {**lr2.train, "batch_size": 32}
+    # The no-dropout row turns off the shipped recipe's dropout in both branches, nothing else.
+    bare = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-nodrop"]
+    assert (bare.augment, bare.train) == (lr2.augment, lr2.train)
+    assert (lr2.model.conv_dropout, lr2.model.transformer_dropout) == (0.1, 0.1)
+    assert (bare.model.conv_dropout, bare.model.transformer_dropout) == (0.0, 0.0)
+    assert dataclasses.replace(bare.model, conv_dropout=0.1, transformer_dropout=0.1) == lr2.model
     # The speed-30 row widens the shipped recipe's speed range by 0.1 on either side, nothing else.
     wider = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-speed30"]
     assert (wider.model, wider.train) == (lr2.model, lr2.train)
