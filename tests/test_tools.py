@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import runpy
 from types import SimpleNamespace
@@ -380,3 +381,101 @@ def test_ensemble_eval_refuses_a_speed_it_cannot_use(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         tool["main"](["--data", "clips", *args, "runs"])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def _ruled_cv():
+    spec = importlib.util.spec_from_file_location("ruled_cv", REPO / "tools" / "ruled_cv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fold_metrics(clips: int, val_acc_at_20: float = 0.5, train_loss: float = 1.0) -> dict:
+    history = [{"epoch": e, "train_loss": train_loss, "val_acc": val_acc_at_20} for e in range(1, 31)]
+    return {"best_epoch": 25, "epochs_run": 30, "history": history,
+            "val": {"n": 120, "accuracy": clips / 120}, "test": {"n": 240, "accuracy": 0.5}}
+
+
+def test_ruled_cv_stops_once_the_gate_is_out_of_reach():
+    tool = _ruled_cv()
+    bar, margin = [80, 70, 60], 5
+    assert tool.ceiling({}, bar, margin) == 225
+    assert tool.verdict({}, bar, 225, margin) == "open"
+    assert tool.verdict({}, bar, 226, margin) == "stopped"  # out of reach before any fold
+    assert tool.ceiling({0: 70}, bar, margin) == 70 + 75 + 65
+    assert tool.verdict({0: 70}, bar, 210, margin) == "open"
+    assert tool.verdict({0: 70}, bar, 211, margin) == "stopped"
+    assert tool.verdict({0: 80, 1: 70, 2: 60}, bar, 210, margin) == "passed"
+    assert tool.verdict({0: 80, 1: 70, 2: 59}, bar, 210, margin) == "missed"
+    assert tool.val_clips(_fold_metrics(77)) == 77
+
+
+def test_ruled_cv_divergence_reads_epoch_20_and_the_training_loss():
+    tool = _ruled_cv()
+    assert not tool.diverged(_fold_metrics(60, val_acc_at_20=0.35)["history"], 0.442)
+    assert tool.diverged(_fold_metrics(60, val_acc_at_20=0.34)["history"], 0.442)
+    assert tool.diverged(_fold_metrics(60, train_loss=float("nan"))["history"], 0.442)
+    short = _fold_metrics(60, val_acc_at_20=0.2)["history"][:12]  # stopped before epoch 20: its last epoch
+    assert tool.diverged(short, 0.442)
+
+
+def test_ruled_cv_trains_folds_in_order_and_stops_by_the_rule(tmp_path, monkeypatch, capsys):
+    tool = _ruled_cv()
+    out, done = tmp_path / "cv", tmp_path / "docs"
+    (done / "fold_0").mkdir(parents=True)
+    (done / "fold_0" / "metrics.json").write_text(json.dumps(_fold_metrics(80)))  # copied, not retrained
+    results = {1: 65, 2: 60, 3: 90}  # fold 1 is 5 below its bar: with fold 2 too, 3 + 12 cannot reach
+    trained = []
+
+    def fake_run(command):
+        fold = int(command[command.index("--only-fold") + 1])
+        assert command[command.index("--out") + 1] == str(out) and "--recipe" in command
+        trained.append(fold)
+        (out / f"fold_{fold}").mkdir(parents=True)
+        (out / f"fold_{fold}" / "metrics.json").write_text(json.dumps(_fold_metrics(results[fold])))
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(tool, "subprocess", SimpleNamespace(run=fake_run))
+    args = ["--data", "clips", "--recipe", "r", "--out", str(out), "--done", str(done),
+            "--bar", "80,70,60,50", "--gate", "270", "--margin", "12", "--epoch20", "0.4,0.4,0.4,0.4"]
+    assert tool.main(args) == 0
+    assert trained == [1, 2]  # after fold 2: 80 + 65 + 60 + (50 + 12) = 267 < 270
+    lines = capsys.readouterr().out.splitlines()
+    assert "fold 1: 65 validation clips (bar 70)" in lines[2] and "not diverged" in lines[2]
+    assert lines[-2].endswith("ceiling 267, gate 270: stopped")
+    assert lines[-1].startswith("verdict: stopped (205 validation clips from folds [0, 1, 2]")
+    assert (out / ".claims" / "fold_1").is_dir() and not (out / ".claims" / "fold_0").exists()
+
+
+def test_ruled_cv_command_is_one_the_cli_accepts(tmp_path):
+    from ser_edge.cli import main as cli
+
+    tool = _ruled_cv()
+    args = argparse.Namespace(
+        data="clips", recipe="fast-cmn-speed-wide-ema-long-lr2", out=tmp_path, bar=[1, 2, 3], seed=1, epochs=7,
+        cache="cache")
+    command = tool.train_command(args, 2)
+    assert command[1:5] == ["-m", "ser_edge.cli", "train", "clips"]
+    context = cli.commands["train"].make_context("train", command[4:])  # parses, as the CLI would
+    assert context.params["folds"] == 3 and context.params["only_fold"] == 2 and context.params["seed"] == 1
+    assert context.params["epochs"] == 7 and context.params["threads"] == 1 and context.params["split_seed"] == 0
+
+
+def test_ruled_cv_leaves_a_fold_another_copy_claimed(tmp_path, monkeypatch, capsys):
+    tool = _ruled_cv()
+    out = tmp_path / "cv"
+    (out / ".claims" / "fold_0").mkdir(parents=True)  # another copy trains fold 0
+    trained = []
+
+    def fake_run(command):
+        fold = int(command[command.index("--only-fold") + 1])
+        trained.append(fold)
+        (out / f"fold_{fold}").mkdir(parents=True)
+        (out / f"fold_{fold}" / "metrics.json").write_text(json.dumps(_fold_metrics(70)))
+        return SimpleNamespace(returncode=0 if fold == 1 else 3)
+
+    monkeypatch.setattr(tool, "subprocess", SimpleNamespace(run=fake_run))
+    args = ["--data", "clips", "--recipe", "r", "--out", str(out), "--bar", "70,70,70", "--gate", "200"]
+    assert tool.main(args) == 1  # fold 2's training failed
+    assert trained == [1, 2]
+    assert f"error: fold 2 failed to train ({out})" in capsys.readouterr().err

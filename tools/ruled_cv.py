@@ -1,0 +1,163 @@
+"""One seed of a recipe over the cross-validation folds, under a stopping rule set before it.
+
+usage:
+    python tools/ruled_cv.py --data ../shared/data/ravdess-speech --recipe R --out runs/cv-NAME \\
+        --bar 85,79,77,65,72 --gate 389 [--margin 12] [--epoch20 0.442,0.242,0.375,0.417,0.358] \\
+        [--seed 0] [--epochs 150] [--cache DIR] [--done docs/ablation/cv-NAME]
+
+The rule of docs/ablation.md's one-change experiments, applied by a program instead of by
+hand: the folds train in order, each as
+
+    ser-edge train DATA --folds N --only-fold K --threads 1 --recipe R --seed S --split-seed 0
+        --epochs E --cache DIR --quiet --out OUT
+
+(a started fold resumes from its checkpoint; a finished one, with its ``metrics.json`` in
+OUT or in ``--done``, where finished folds' metrics may have been copied, is kept). Before
+each fold, the remaining folds are stopped once the gate is out of reach even with each
+unfinished fold ``--margin`` validation clips above its bar fold. After each fold it prints
+the fold's validation clips against its bar and, with ``--epoch20``, whether the run
+diverged: a training loss that is not finite, or a validation accuracy after 20 epochs more
+than 10 points below that fold's threshold. The last line is the verdict: ``passed``
+(every fold finished, at least the gate), ``missed`` (every fold finished, below it) or
+``stopped`` (the gate out of reach). Two copies on one OUT share its folds: each claims a
+fold (``OUT/.claims/fold_K``) before training it, so they run side by side.
+
+Exit 0 once the rule has run its course (whatever the verdict) or every unclaimed fold is
+done, 1 when a fold's training fails, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+DIVERGENCE_EPOCH = 20  # the epoch whose validation accuracy the divergence check reads
+DIVERGENCE_POINTS = 0.10  # below the fold's threshold by more than this: diverged
+CLAIMS = ".claims"
+
+
+def val_clips(metrics: dict) -> int:
+    """How many validation clips a finished fold got right (its ``metrics.json``)."""
+    return round(metrics["val"]["accuracy"] * metrics["val"]["n"])
+
+
+def ceiling(done: dict[int, int], bar: list[int], margin: int) -> int:
+    """The most validation clips the run can still reach: the finished folds' clips, and
+    each unfinished fold at its bar fold + ``margin``."""
+    return sum(done[k] if k in done else bar[k] + margin for k in range(len(bar)))
+
+
+def verdict(done: dict[int, int], bar: list[int], gate: int, margin: int) -> str:
+    """``passed`` / ``missed`` once every fold is done; ``stopped`` once the gate is out of
+    reach; else ``open`` (the next fold runs)."""
+    if len(done) == len(bar):
+        return "passed" if sum(done.values()) >= gate else "missed"
+    return "stopped" if ceiling(done, bar, margin) < gate else "open"
+
+
+def diverged(history: list[dict], threshold: float) -> bool:
+    """Whether a run's history shows divergence: a training loss that is not finite, or a
+    validation accuracy after ``DIVERGENCE_EPOCH`` epochs more than ``DIVERGENCE_POINTS``
+    below ``threshold`` (a run that stopped before that epoch is judged by its last one)."""
+    if any(not math.isfinite(epoch["train_loss"]) for epoch in history):
+        return True
+    checked = history[min(DIVERGENCE_EPOCH, len(history)) - 1]
+    return checked["val_acc"] < threshold - DIVERGENCE_POINTS
+
+
+def _metrics(fold: int, places: list[Path]) -> dict | None:
+    for place in places:
+        path = place / f"fold_{fold}" / "metrics.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
+def finished(places: list[Path], folds: int) -> dict[int, dict]:
+    """``{fold: metrics}`` of the finished folds, from the first place that holds each."""
+    found = {k: _metrics(k, places) for k in range(folds)}
+    return {k: metrics for k, metrics in found.items() if metrics is not None}
+
+
+def claim(out: Path, fold: int) -> bool:
+    """Whether this process got ``fold`` (no other copy on ``out`` has it)."""
+    (out / CLAIMS).mkdir(parents=True, exist_ok=True)
+    try:
+        (out / CLAIMS / f"fold_{fold}").mkdir()
+    except FileExistsError:
+        return False
+    return True
+
+
+def train_command(args: argparse.Namespace, fold: int) -> list[str]:
+    return [sys.executable, "-m", "ser_edge.cli", "train", args.data, "--folds", str(len(args.bar)),
+            "--only-fold", str(fold), "--threads", "1", "--recipe", args.recipe, "--seed", str(args.seed),
+            "--split-seed", "0", "--epochs", str(args.epochs), "--cache", args.cache, "--quiet",
+            "--out", str(args.out)]
+
+
+def report(fold: int, metrics: dict, bar: list[int], epoch20: list[float] | None) -> str:
+    line = (f"fold {fold}: {val_clips(metrics)} validation clips (bar {bar[fold]}), best epoch "
+            f"{metrics['best_epoch']} of {metrics['epochs_run']}, test {100 * metrics['test']['accuracy']:.1f}%")
+    if epoch20:
+        state = "DIVERGED" if diverged(metrics["history"], epoch20[fold]) else "not diverged"
+        line += f"; epoch-{DIVERGENCE_EPOCH} check {state} (threshold {epoch20[fold]:.3f} - {DIVERGENCE_POINTS:.2f})"
+    return line
+
+
+def run(args: argparse.Namespace) -> int:
+    places = [args.out, *([args.done] if args.done else [])]
+    folds = len(args.bar)
+    for fold in range(folds):
+        done = {k: val_clips(m) for k, m in finished(places, folds).items()}
+        state = verdict(done, args.bar, args.gate, args.margin)
+        print(f"before fold {fold}: {sum(done.values())} validation clips from folds {sorted(done)}, "
+              f"ceiling {ceiling(done, args.bar, args.margin)}, gate {args.gate}: {state}", flush=True)
+        if state != "open":
+            break
+        if fold in done or not claim(args.out, fold):
+            continue
+        if subprocess.run(train_command(args, fold)).returncode != 0:
+            print(f"error: fold {fold} failed to train ({args.out})", file=sys.stderr)
+            return 1
+        print(report(fold, _metrics(fold, places), args.bar, args.epoch20), flush=True)
+    done = {k: val_clips(m) for k, m in finished(places, folds).items()}
+    print(f"verdict: {verdict(done, args.bar, args.gate, args.margin)} "
+          f"({sum(done.values())} validation clips from folds {sorted(done)}; gate {args.gate})")
+    return 0
+
+
+def _numbers(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a comma-separated list of {kind.__name__}: {text!r}") from None
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--recipe", required=True)
+    parser.add_argument("--out", required=True, type=Path, help="the cross-validation's run folder")
+    parser.add_argument("--bar", required=True, type=_numbers(int), help="the bar's validation clips per fold")
+    parser.add_argument("--gate", required=True, type=int, help="validation clips over all folds to pass")
+    parser.add_argument("--margin", type=int, default=12, help="clips above its bar fold an unfinished fold may add")
+    parser.add_argument("--epoch20", type=_numbers(float), help="per fold: the divergence check's threshold")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--cache", default=".cache/ser-edge")
+    parser.add_argument("--done", type=Path, help="another folder holding finished folds' metrics.json")
+    args = parser.parse_args(argv)
+    if args.epoch20 and len(args.epoch20) != len(args.bar):
+        parser.error(f"--epoch20 has {len(args.epoch20)} folds, --bar {len(args.bar)}")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
