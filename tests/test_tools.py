@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import runpy
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -444,7 +447,7 @@ def test_ruled_cv_trains_folds_in_order_and_stops_by_the_rule(tmp_path, monkeypa
     assert "fold 1: 65 validation clips (bar 70)" in lines[2] and "not diverged" in lines[2]
     assert lines[-2].endswith("ceiling 267, gate 270: stopped")
     assert lines[-1].startswith("verdict: stopped (205 validation clips from folds [0, 1, 2]")
-    assert (out / ".claims" / "fold_1").is_dir() and not (out / ".claims" / "fold_0").exists()
+    assert (out / ".claims" / "fold_1").is_file() and not (out / ".claims" / "fold_0").exists()
 
 
 def test_ruled_cv_command_is_one_the_cli_accepts(tmp_path):
@@ -464,7 +467,10 @@ def test_ruled_cv_command_is_one_the_cli_accepts(tmp_path):
 def test_ruled_cv_leaves_a_fold_another_copy_claimed(tmp_path, monkeypatch, capsys):
     tool = _ruled_cv()
     out = tmp_path / "cv"
-    (out / ".claims" / "fold_0").mkdir(parents=True)  # another copy trains fold 0
+    (out / ".claims").mkdir(parents=True)
+    (out / ".claims" / "fold_0").write_text(str(os.getppid()))  # a live copy trains fold 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".claims" / "fold_1").write_text(dead.stdout)  # a copy that is gone: fold 1 resumes here
     trained = []
 
     def fake_run(command):
@@ -479,3 +485,5 @@ def test_ruled_cv_leaves_a_fold_another_copy_claimed(tmp_path, monkeypatch, caps
     assert tool.main(args) == 1  # fold 2's training failed
     assert trained == [1, 2]
     assert f"error: fold 2 failed to train ({out})" in capsys.readouterr().err
+    assert (out / ".claims" / "fold_1").read_text() == str(os.getpid())
+    assert not (out / ".claims" / "fold_2").exists()  # released: a rerun trains it again

@@ -20,7 +20,8 @@ diverged: a training loss that is not finite, or a validation accuracy after 20 
 than 10 points below that fold's threshold. The last line is the verdict: ``passed``
 (every fold finished, at least the gate), ``missed`` (every fold finished, below it) or
 ``stopped`` (the gate out of reach). Two copies on one OUT share its folds: each claims a
-fold (``OUT/.claims/fold_K``) before training it, so they run side by side.
+fold (``OUT/.claims/fold_K``, naming its process) before training it, so they run side by
+side; the claim of a copy that is gone is taken over, and its fold resumes.
 
 Exit 0 once the rule has run its course (whatever the verdict) or every unclaimed fold is
 done, 1 when a fold's training fails, 2 on a usage error.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,14 +85,37 @@ def finished(places: list[Path], folds: int) -> dict[int, dict]:
     return {k: metrics for k, metrics in found.items() if metrics is not None}
 
 
-def claim(out: Path, fold: int) -> bool:
-    """Whether this process got ``fold`` (no other copy on ``out`` has it)."""
-    (out / CLAIMS).mkdir(parents=True, exist_ok=True)
+def _alive(pid: int) -> bool:
     try:
-        (out / CLAIMS / f"fold_{fold}").mkdir()
-    except FileExistsError:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:  # someone else's process: alive
+        return True
     return True
+
+
+def claim(out: Path, fold: int) -> bool:
+    """Whether this process got ``fold``: no other live copy on ``out`` holds it. A claim
+    file names its process; one whose process is gone (killed, machine restarted) is taken
+    over, so that its fold resumes."""
+    path = out / CLAIMS / f"fold_{fold}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            with path.open("x") as handle:
+                handle.write(str(os.getpid()))
+            return True
+        except FileExistsError:
+            owner = path.read_text().strip()
+            if owner.isdigit() and _alive(int(owner)):
+                return False
+            path.unlink(missing_ok=True)  # a dead copy's claim
+    return False
+
+
+def release(out: Path, fold: int) -> None:
+    (out / CLAIMS / f"fold_{fold}").unlink(missing_ok=True)
 
 
 def train_command(args: argparse.Namespace, fold: int) -> list[str]:
@@ -122,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         if fold in done or not claim(args.out, fold):
             continue
         if subprocess.run(train_command(args, fold)).returncode != 0:
+            release(args.out, fold)
             print(f"error: fold {fold} failed to train ({args.out})", file=sys.stderr)
             return 1
         print(report(fold, _metrics(fold, places), args.bar, args.epoch20), flush=True)
