@@ -403,14 +403,28 @@ def test_ruled_cv_stops_once_the_gate_is_out_of_reach():
     tool = _ruled_cv()
     bar, margin = [80, 70, 60], 5
     assert tool.ceiling({}, bar, margin) == 225
-    assert tool.verdict({}, bar, 225, margin) == "open"
-    assert tool.verdict({}, bar, 226, margin) == "stopped"  # out of reach before any fold
+    assert tool.verdict({}, bar, 225, margin) == ("open", [])
+    assert tool.verdict({}, bar, 226, margin) == ("stopped", [])  # out of reach before any fold
     assert tool.ceiling({0: 70}, bar, margin) == 70 + 75 + 65
-    assert tool.verdict({0: 70}, bar, 210, margin) == "open"
-    assert tool.verdict({0: 70}, bar, 211, margin) == "stopped"
-    assert tool.verdict({0: 80, 1: 70, 2: 60}, bar, 210, margin) == "passed"
-    assert tool.verdict({0: 80, 1: 70, 2: 59}, bar, 210, margin) == "missed"
+    assert tool.verdict({0: 70}, bar, 210, margin) == ("open", [0])
+    assert tool.verdict({0: 70}, bar, 211, margin) == ("stopped", [0])
+    assert tool.verdict({0: 80, 1: 70, 2: 60}, bar, 210, margin) == ("passed", [0, 1, 2])
+    assert tool.verdict({0: 80, 1: 70, 2: 59}, bar, 210, margin) == ("missed", [0, 1, 2])
     assert tool.val_clips(_fold_metrics(77)) == 77
+
+
+def test_ruled_cv_judges_folds_finished_out_of_order_as_if_run_in_order():
+    tool = _ruled_cv()
+    bar, gate, margin = [80, 70, 60, 50], 270, 12
+    # Fold 3 finished (two copies side by side) while fold 2 still trains: the rule, in
+    # order, runs fold 2 whatever fold 3 got, so nothing is decided yet.
+    assert tool.ceiling({0: 80, 1: 65, 3: 40}, bar, margin) < gate
+    assert tool.verdict({0: 80, 1: 65, 3: 40}, bar, gate, margin) == ("open", [0, 1])
+    # Fold 2 done: in order the rule would run fold 3 (215 + 50 + 12 reaches 270): it counts.
+    assert tool.verdict({0: 80, 1: 65, 2: 70, 3: 40}, bar, gate, margin) == ("missed", [0, 1, 2, 3])
+    assert tool.verdict({0: 80, 1: 65, 2: 70, 3: 55}, bar, gate, margin) == ("passed", [0, 1, 2, 3])
+    # In order the rule would have stopped before fold 3 (195 + 62 < 270): fold 3 does not count.
+    assert tool.verdict({0: 80, 1: 65, 2: 50, 3: 90}, bar, gate, margin) == ("stopped", [0, 1, 2])
 
 
 def test_ruled_cv_divergence_reads_epoch_20_and_the_training_loss():
@@ -445,7 +459,7 @@ def test_ruled_cv_trains_folds_in_order_and_stops_by_the_rule(tmp_path, monkeypa
     assert trained == [1, 2]  # after fold 2: 80 + 65 + 60 + (50 + 12) = 267 < 270
     lines = capsys.readouterr().out.splitlines()
     assert "fold 1: 65 validation clips (bar 70)" in lines[2] and "not diverged" in lines[2]
-    assert lines[-2].endswith("ceiling 267, gate 270: stopped")
+    assert lines[-3].endswith("ceiling 267, gate 270") and lines[-2] == "the gate is out of reach: no further fold starts"
     assert lines[-1].startswith("verdict: stopped (205 validation clips from folds [0, 1, 2]")
     assert (out / ".claims" / "fold_1").is_file() and not (out / ".claims" / "fold_0").exists()
 

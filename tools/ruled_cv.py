@@ -17,9 +17,11 @@ each fold, the remaining folds are stopped once the gate is out of reach even wi
 unfinished fold ``--margin`` validation clips above its bar fold. After each fold it prints
 the fold's validation clips against its bar and, with ``--epoch20``, whether the run
 diverged: a training loss that is not finite, or a validation accuracy after 20 epochs more
-than 10 points below that fold's threshold. The last line is the verdict: ``passed``
-(every fold finished, at least the gate), ``missed`` (every fold finished, below it) or
-``stopped`` (the gate out of reach). Two copies on one OUT share its folds: each claims a
+than 10 points below that fold's threshold. No fold starts once the gate is out of reach
+with every finished fold as it is. The last line is the verdict, as if the folds had run
+in order: ``passed`` (every fold finished, at least the gate), ``missed`` (every fold
+finished, below it), ``stopped`` (the rule stopped before a fold; only the folds before it
+count) or ``open`` (a fold the rule runs is unfinished: another copy still trains it). Two copies on one OUT share its folds: each claims a
 fold (``OUT/.claims/fold_K``, naming its process) before training it, so they run side by
 side; the claim of a copy that is gone is taken over, and its fold resumes.
 
@@ -53,12 +55,20 @@ def ceiling(done: dict[int, int], bar: list[int], margin: int) -> int:
     return sum(done[k] if k in done else bar[k] + margin for k in range(len(bar)))
 
 
-def verdict(done: dict[int, int], bar: list[int], gate: int, margin: int) -> str:
-    """``passed`` / ``missed`` once every fold is done; ``stopped`` once the gate is out of
-    reach; else ``open`` (the next fold runs)."""
-    if len(done) == len(bar):
-        return "passed" if sum(done.values()) >= gate else "missed"
-    return "stopped" if ceiling(done, bar, margin) < gate else "open"
+def verdict(done: dict[int, int], bar: list[int], gate: int, margin: int) -> tuple[str, list[int]]:
+    """The rule's verdict and the folds it counts, as if the folds ran one after another:
+    before fold k, the remaining folds are stopped once the gate is out of reach with
+    folds 0..k-1 as finished and each later fold at its bar fold + ``margin``. A fold that
+    two copies finished out of order counts only if the rule, in order, would have run it.
+    ``stopped``; ``open`` while a fold the rule runs is unfinished; else ``passed`` /
+    ``missed``."""
+    for fold in range(len(bar)):
+        earlier = {k: done[k] for k in range(fold)}
+        if ceiling(earlier, bar, margin) < gate:
+            return "stopped", sorted(earlier)
+        if fold not in done:
+            return "open", sorted(earlier)
+    return ("passed" if sum(done.values()) >= gate else "missed"), sorted(done)
 
 
 def diverged(history: list[dict], threshold: float) -> bool:
@@ -139,10 +149,11 @@ def run(args: argparse.Namespace) -> int:
     folds = len(args.bar)
     for fold in range(folds):
         done = {k: val_clips(m) for k, m in finished(places, folds).items()}
-        state = verdict(done, args.bar, args.gate, args.margin)
+        reach = ceiling(done, args.bar, args.margin)
         print(f"before fold {fold}: {sum(done.values())} validation clips from folds {sorted(done)}, "
-              f"ceiling {ceiling(done, args.bar, args.margin)}, gate {args.gate}: {state}", flush=True)
-        if state != "open":
+              f"ceiling {reach}, gate {args.gate}", flush=True)
+        if reach < args.gate:
+            print("the gate is out of reach: no further fold starts", flush=True)
             break
         if fold in done or not claim(args.out, fold):
             continue
@@ -152,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(report(fold, _metrics(fold, places), args.bar, args.epoch20), flush=True)
     done = {k: val_clips(m) for k, m in finished(places, folds).items()}
-    print(f"verdict: {verdict(done, args.bar, args.gate, args.margin)} "
-          f"({sum(done.values())} validation clips from folds {sorted(done)}; gate {args.gate})")
+    state, counted = verdict(done, args.bar, args.gate, args.margin)
+    print(f"verdict: {state} ({sum(done[k] for k in counted)} validation clips from folds {counted}; gate {args.gate})")
     return 0
 
 
