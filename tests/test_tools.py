@@ -459,7 +459,8 @@ def test_ruled_cv_trains_folds_in_order_and_stops_by_the_rule(tmp_path, monkeypa
     assert trained == [1, 2]  # after fold 2: 80 + 65 + 60 + (50 + 12) = 267 < 270
     lines = capsys.readouterr().out.splitlines()
     assert "fold 1: 65 validation clips (bar 70)" in lines[2] and "not diverged" in lines[2]
-    assert lines[-3].endswith("ceiling 267, gate 270") and lines[-2] == "the gate is out of reach: no further fold starts"
+    assert lines[-3] == "before fold 3: 205 validation clips from folds [0, 1, 2], ceiling 267, gate 270"
+    assert lines[-2] == "the gate is out of reach: no fold from 3 on is run"
     assert lines[-1].startswith("verdict: stopped (205 validation clips from folds [0, 1, 2]")
     assert (out / ".claims" / "fold_1").is_file() and not (out / ".claims" / "fold_0").exists()
 
@@ -476,6 +477,27 @@ def test_ruled_cv_command_is_one_the_cli_accepts(tmp_path):
     context = cli.commands["train"].make_context("train", command[4:])  # parses, as the CLI would
     assert context.params["folds"] == 3 and context.params["only_fold"] == 2 and context.params["seed"] == 1
     assert context.params["epochs"] == 7 and context.params["threads"] == 1 and context.params["split_seed"] == 0
+
+
+def test_ruled_cv_runs_an_earlier_fold_that_a_later_ones_result_cannot_stop(tmp_path, monkeypatch, capsys):
+    tool = _ruled_cv()
+    out = tmp_path / "cv"
+    (out / "fold_1").mkdir(parents=True)
+    (out / "fold_1" / "metrics.json").write_text(json.dumps(_fold_metrics(40)))  # finished first, by another copy
+    trained = []
+
+    def fake_run(command):
+        fold = int(command[command.index("--only-fold") + 1])
+        trained.append(fold)
+        (out / f"fold_{fold}").mkdir(parents=True)
+        (out / f"fold_{fold}" / "metrics.json").write_text(json.dumps(_fold_metrics(90)))
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(tool, "subprocess", SimpleNamespace(run=fake_run))
+    args = ["--data", "clips", "--recipe", "r", "--out", str(out), "--bar", "80,70", "--gate", "140"]
+    assert tool.main(args) == 0
+    assert trained == [0]  # in order, fold 0 runs whatever fold 1 got; then fold 1 counts
+    assert capsys.readouterr().out.splitlines()[-1] == "verdict: missed (130 validation clips from folds [0, 1]; gate 140)"
 
 
 def test_ruled_cv_leaves_a_fold_another_copy_claimed(tmp_path, monkeypatch, capsys):

@@ -17,9 +17,9 @@ each fold, the remaining folds are stopped once the gate is out of reach even wi
 unfinished fold ``--margin`` validation clips above its bar fold. After each fold it prints
 the fold's validation clips against its bar and, with ``--epoch20``, whether the run
 diverged: a training loss that is not finite, or a validation accuracy after 20 epochs more
-than 10 points below that fold's threshold. No fold starts once the gate is out of reach
-with every finished fold as it is. The last line is the verdict, as if the folds had run
-in order: ``passed`` (every fold finished, at least the gate), ``missed`` (every fold
+than 10 points below that fold's threshold. Fold k starts only if the rule, in order,
+could still run it (folds before k as finished, unfinished ones at bar + margin). The last
+line is the verdict, as if the folds had run in order: ``passed`` (every fold finished, at least the gate), ``missed`` (every fold
 finished, below it), ``stopped`` (the rule stopped before a fold; only the folds before it
 count) or ``open`` (a fold the rule runs is unfinished: another copy still trains it). Two copies on one OUT share its folds: each claims a
 fold (``OUT/.claims/fold_K``, naming its process) before training it, so they run side by
@@ -149,11 +149,12 @@ def run(args: argparse.Namespace) -> int:
     folds = len(args.bar)
     for fold in range(folds):
         done = {k: val_clips(m) for k, m in finished(places, folds).items()}
-        reach = ceiling(done, args.bar, args.margin)
-        print(f"before fold {fold}: {sum(done.values())} validation clips from folds {sorted(done)}, "
+        earlier = {k: clips for k, clips in done.items() if k < fold}  # what the rule, in order, knows here
+        reach = ceiling(earlier, args.bar, args.margin)
+        print(f"before fold {fold}: {sum(earlier.values())} validation clips from folds {sorted(earlier)}, "
               f"ceiling {reach}, gate {args.gate}", flush=True)
         if reach < args.gate:
-            print("the gate is out of reach: no further fold starts", flush=True)
+            print(f"the gate is out of reach: no fold from {fold} on is run", flush=True)
             break
         if fold in done or not claim(args.out, fold):
             continue
