@@ -399,6 +399,23 @@ def _fold_metrics(clips: int, val_acc_at_20: float = 0.5, train_loss: float = 1.
             "val": {"n": 120, "accuracy": clips / 120}, "test": {"n": 240, "accuracy": 0.5}}
 
 
+def _fake_trainer(tool, monkeypatch, out, clips: dict[int, int], failing: tuple[int, ...] = ()) -> list[int]:
+    """Stand in for ``ser-edge train`` in the tool: a fold "trains" into ``out`` with
+    ``clips[fold]`` validation clips (exit 3 for ``failing`` folds); returns the folds it ran."""
+    trained = []
+
+    def run(command):
+        fold = int(command[command.index("--only-fold") + 1])
+        assert command[command.index("--out") + 1] == str(out)
+        trained.append(fold)
+        (out / f"fold_{fold}").mkdir(parents=True)
+        (out / f"fold_{fold}" / "metrics.json").write_text(json.dumps(_fold_metrics(clips[fold])))
+        return SimpleNamespace(returncode=3 if fold in failing else 0)
+
+    monkeypatch.setattr(tool, "subprocess", SimpleNamespace(run=run))
+    return trained
+
+
 def test_ruled_cv_stops_once_the_gate_is_out_of_reach():
     tool = _ruled_cv()
     bar, margin = [80, 70, 60], 5
@@ -441,18 +458,8 @@ def test_ruled_cv_trains_folds_in_order_and_stops_by_the_rule(tmp_path, monkeypa
     out, done = tmp_path / "cv", tmp_path / "docs"
     (done / "fold_0").mkdir(parents=True)
     (done / "fold_0" / "metrics.json").write_text(json.dumps(_fold_metrics(80)))  # copied, not retrained
-    results = {1: 65, 2: 60, 3: 90}  # fold 1 is 5 below its bar: with fold 2 too, 3 + 12 cannot reach
-    trained = []
-
-    def fake_run(command):
-        fold = int(command[command.index("--only-fold") + 1])
-        assert command[command.index("--out") + 1] == str(out) and "--recipe" in command
-        trained.append(fold)
-        (out / f"fold_{fold}").mkdir(parents=True)
-        (out / f"fold_{fold}" / "metrics.json").write_text(json.dumps(_fold_metrics(results[fold])))
-        return SimpleNamespace(returncode=0)
-
-    monkeypatch.setattr(tool, "subprocess", SimpleNamespace(run=fake_run))
+    # Fold 1 is 5 below its bar: with fold 2 at its bar too, fold 3 at 50 + 12 cannot reach.
+    trained = _fake_trainer(tool, monkeypatch, out, {1: 65, 2: 60, 3: 90})
     args = ["--data", "clips", "--recipe", "r", "--out", str(out), "--done", str(done),
             "--bar", "80,70,60,50", "--gate", "270", "--margin", "12", "--epoch20", "0.4,0.4,0.4,0.4"]
     assert tool.main(args) == 0
@@ -484,16 +491,7 @@ def test_ruled_cv_runs_an_earlier_fold_that_a_later_ones_result_cannot_stop(tmp_
     out = tmp_path / "cv"
     (out / "fold_1").mkdir(parents=True)
     (out / "fold_1" / "metrics.json").write_text(json.dumps(_fold_metrics(40)))  # finished first, by another copy
-    trained = []
-
-    def fake_run(command):
-        fold = int(command[command.index("--only-fold") + 1])
-        trained.append(fold)
-        (out / f"fold_{fold}").mkdir(parents=True)
-        (out / f"fold_{fold}" / "metrics.json").write_text(json.dumps(_fold_metrics(90)))
-        return SimpleNamespace(returncode=0)
-
-    monkeypatch.setattr(tool, "subprocess", SimpleNamespace(run=fake_run))
+    trained = _fake_trainer(tool, monkeypatch, out, {0: 90})
     args = ["--data", "clips", "--recipe", "r", "--out", str(out), "--bar", "80,70", "--gate", "140"]
     assert tool.main(args) == 0
     assert trained == [0]  # in order, fold 0 runs whatever fold 1 got; then fold 1 counts
@@ -507,16 +505,7 @@ def test_ruled_cv_leaves_a_fold_another_copy_claimed(tmp_path, monkeypatch, caps
     (out / ".claims" / "fold_0").write_text(str(os.getppid()))  # a live copy trains fold 0
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (out / ".claims" / "fold_1").write_text(dead.stdout)  # a copy that is gone: fold 1 resumes here
-    trained = []
-
-    def fake_run(command):
-        fold = int(command[command.index("--only-fold") + 1])
-        trained.append(fold)
-        (out / f"fold_{fold}").mkdir(parents=True)
-        (out / f"fold_{fold}" / "metrics.json").write_text(json.dumps(_fold_metrics(70)))
-        return SimpleNamespace(returncode=0 if fold == 1 else 3)
-
-    monkeypatch.setattr(tool, "subprocess", SimpleNamespace(run=fake_run))
+    trained = _fake_trainer(tool, monkeypatch, out, {1: 70, 2: 70}, failing=(2,))
     args = ["--data", "clips", "--recipe", "r", "--out", str(out), "--bar", "70,70,70", "--gate", "200"]
     assert tool.main(args) == 1  # fold 2's training failed
     assert trained == [1, 2]

@@ -12,18 +12,22 @@ hand: the folds train in order, each as
         --epochs E --cache DIR --quiet --out OUT
 
 (a started fold resumes from its checkpoint; a finished one, with its ``metrics.json`` in
-OUT or in ``--done``, where finished folds' metrics may have been copied, is kept). Before
-each fold, the remaining folds are stopped once the gate is out of reach even with each
-unfinished fold ``--margin`` validation clips above its bar fold. After each fold it prints
-the fold's validation clips against its bar and, with ``--epoch20``, whether the run
-diverged: a training loss that is not finite, or a validation accuracy after 20 epochs more
-than 10 points below that fold's threshold. Fold k starts only if the rule, in order,
-could still run it (folds before k as finished, unfinished ones at bar + margin). The last
-line is the verdict, as if the folds had run in order: ``passed`` (every fold finished, at least the gate), ``missed`` (every fold
-finished, below it), ``stopped`` (the rule stopped before a fold; only the folds before it
-count) or ``open`` (a fold the rule runs is unfinished: another copy still trains it). Two copies on one OUT share its folds: each claims a
-fold (``OUT/.claims/fold_K``, naming its process) before training it, so they run side by
-side; the claim of a copy that is gone is taken over, and its fold resumes.
+OUT or in ``--done``, where finished folds' metrics may have been copied, is kept).
+
+The rule: fold k starts only while the gate is within reach with folds 0..k-1 as they
+finished (one that another copy still trains: at its bar fold + ``--margin``) and every
+later fold ``--margin`` validation clips above its bar fold. After each
+fold the tool prints its validation clips against its bar and, with ``--epoch20``, whether
+the run diverged: a training loss that is not finite, or a validation accuracy after 20
+epochs more than 10 points below that fold's threshold. The last line is the verdict, as
+if the folds had run in order: ``passed`` (every fold finished, at least the gate),
+``missed`` (every fold finished, below it), ``stopped`` (the rule stopped before a fold;
+only the folds before it count) or ``open`` (a fold the rule runs is unfinished).
+
+Two copies on one OUT share its folds, side by side: each claims a fold
+(``OUT/.claims/fold_K``, naming its process) before training it. The claim of a copy that
+is gone is taken over, so that its fold resumes; a fold one copy finishes before an
+earlier one counts only if the rule, in order, would have run it.
 
 Exit 0 once the rule has run its course (whatever the verdict) or every unclaimed fold is
 done, 1 when a fold's training fails, 2 on a usage error.
@@ -56,12 +60,10 @@ def ceiling(done: dict[int, int], bar: list[int], margin: int) -> int:
 
 
 def verdict(done: dict[int, int], bar: list[int], gate: int, margin: int) -> tuple[str, list[int]]:
-    """The rule's verdict and the folds it counts, as if the folds ran one after another:
-    before fold k, the remaining folds are stopped once the gate is out of reach with
-    folds 0..k-1 as finished and each later fold at its bar fold + ``margin``. A fold that
-    two copies finished out of order counts only if the rule, in order, would have run it.
-    ``stopped``; ``open`` while a fold the rule runs is unfinished; else ``passed`` /
-    ``missed``."""
+    """The rule's verdict (``passed``, ``missed``, ``stopped`` or ``open``) and the folds it
+    counts, as if the folds ran one after another: before fold k, the remaining folds are
+    stopped once the gate is out of reach with folds 0..k-1 as finished and each later
+    fold at its bar fold + ``margin``; ``open`` while a fold the rule runs is unfinished."""
     for fold in range(len(bar)):
         earlier = {k: done[k] for k in range(fold)}
         if ceiling(earlier, bar, margin) < gate:
