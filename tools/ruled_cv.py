@@ -59,13 +59,18 @@ def ceiling(done: dict[int, int], bar: list[int], margin: int) -> int:
     return sum(done[k] if k in done else bar[k] + margin for k in range(len(bar)))
 
 
+def before(done: dict[int, int], fold: int) -> dict[int, int]:
+    """The finished folds that the rule, run in order, knows when it decides on ``fold``."""
+    return {k: clips for k, clips in done.items() if k < fold}
+
+
 def verdict(done: dict[int, int], bar: list[int], gate: int, margin: int) -> tuple[str, list[int]]:
     """The rule's verdict (``passed``, ``missed``, ``stopped`` or ``open``) and the folds it
     counts, as if the folds ran one after another: before fold k, the remaining folds are
     stopped once the gate is out of reach with folds 0..k-1 as finished and each later
     fold at its bar fold + ``margin``; ``open`` while a fold the rule runs is unfinished."""
     for fold in range(len(bar)):
-        earlier = {k: done[k] for k in range(fold)}
+        earlier = before(done, fold)
         if ceiling(earlier, bar, margin) < gate:
             return "stopped", sorted(earlier)
         if fold not in done:
@@ -91,10 +96,10 @@ def _metrics(fold: int, places: list[Path]) -> dict | None:
     return None
 
 
-def finished(places: list[Path], folds: int) -> dict[int, dict]:
-    """``{fold: metrics}`` of the finished folds, from the first place that holds each."""
+def finished(places: list[Path], folds: int) -> dict[int, int]:
+    """``{fold: validation clips}`` of the finished folds, from the first place that holds each."""
     found = {k: _metrics(k, places) for k in range(folds)}
-    return {k: metrics for k, metrics in found.items() if metrics is not None}
+    return {k: val_clips(metrics) for k, metrics in found.items() if metrics is not None}
 
 
 def _alive(pid: int) -> bool:
@@ -150,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
     places = [args.out, *([args.done] if args.done else [])]
     folds = len(args.bar)
     for fold in range(folds):
-        done = {k: val_clips(m) for k, m in finished(places, folds).items()}
-        earlier = {k: clips for k, clips in done.items() if k < fold}  # what the rule, in order, knows here
+        done = finished(places, folds)
+        earlier = before(done, fold)
         reach = ceiling(earlier, args.bar, args.margin)
         print(f"before fold {fold}: {sum(earlier.values())} validation clips from folds {sorted(earlier)}, "
               f"ceiling {reach}, gate {args.gate}", flush=True)
@@ -165,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: fold {fold} failed to train ({args.out})", file=sys.stderr)
             return 1
         print(report(fold, _metrics(fold, places), args.bar, args.epoch20), flush=True)
-    done = {k: val_clips(m) for k, m in finished(places, folds).items()}
+    done = finished(places, folds)
     state, counted = verdict(done, args.bar, args.gate, args.margin)
     print(f"verdict: {state} ({sum(done[k] for k in counted)} validation clips from folds {counted}; gate {args.gate})")
     return 0
