@@ -558,6 +558,12 @@ def test_recipes_derive_from_the_shipped_one():
     assert (lr2.model.conv_dropout, lr2.model.transformer_dropout) == (0.1, 0.1)
     assert (bare.model.conv_dropout, bare.model.transformer_dropout) == (0.0, 0.0)
     assert dataclasses.replace(bare.model, conv_dropout=0.1, transformer_dropout=0.1) == lr2.model
+    # The SNR-20 row raises the lowest noise SNR of the shipped recipe from 10 to 20 dB, nothing else.
+    gentle = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-snr20"]
+    assert (gentle.model, gentle.train) == (lr2.model, lr2.train)
+    assert lr2.augment.noise_snr_db == (10.0, 40.0) and gentle.augment.noise_snr_db == (20.0, 40.0)
+    assert dataclasses.replace(gentle.augment, noise_snr_db=lr2.augment.noise_snr_db) == lr2.augment
+    assert gentle.augment.noise_prob == lr2.augment.noise_prob > 0
     # The speed-30 row widens the shipped recipe's speed range by 0.1 on either side, nothing else.
     wider = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-speed30"]
     assert (wider.model, wider.train) == (lr2.model, lr2.train)
