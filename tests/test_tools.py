@@ -406,7 +406,7 @@ def _fake_trainer(tool, monkeypatch, out, clips: dict[int, int], failing: tuple[
 
     def run(command):
         fold = int(command[command.index("--only-fold") + 1])
-        assert command[command.index("--out") + 1] == str(out)
+        assert command[command.index("--out") + 1] == str(out) and command[command.index("--recipe") + 1] == "r"
         trained.append(fold)
         (out / f"fold_{fold}").mkdir(parents=True)
         (out / f"fold_{fold}" / "metrics.json").write_text(json.dumps(_fold_metrics(clips[fold])))
