@@ -571,6 +571,12 @@ def test_recipes_derive_from_the_shipped_one():
     assert wider.augment.speed_range == pytest.approx((low - 0.1, high + 0.1))
     assert wider.augment.speed_prob == lr2.augment.speed_prob > 0
     assert dataclasses.replace(wider.augment, speed_range=lr2.augment.speed_range) == lr2.augment
+    # The speed-all row perturbs every training window's speed instead of half, nothing else.
+    every = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-speedall"]
+    assert (every.model, every.train) == (lr2.model, lr2.train)
+    assert lr2.augment.speed_prob == 0.5 and every.augment.speed_prob == 1.0
+    assert every.augment.speed_range == lr2.augment.speed_range
+    assert dataclasses.replace(every.augment, speed_prob=lr2.augment.speed_prob) == lr2.augment
 
 
 def test_cli_export_offers_every_weight_storage():

@@ -269,6 +269,14 @@ RECIPES: dict[str, Recipe] = {
         _SHIPPED, augment=dataclasses.replace(_SHIPPED.augment, noise_snr_db=(20.0, 40.0)),
         summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with white noise at 20-40 dB SNR instead of 10-40 on half the training windows",
     ),
+    # The shipped recipe with speed perturbation on every training window instead of half of
+    # them (docs/ablation.md, session 56, "Speed perturbation on every window"): speed
+    # perturbation, the largest lever measured, simulates new speakers; its range was varied
+    # (0.9-1.1, 0.8-1.2, 0.7-1.3) but never its probability.
+    "fast-cmn-speed-wide-ema-long-lr2-speedall": dataclasses.replace(
+        _SHIPPED, augment=dataclasses.replace(_SHIPPED.augment, speed_prob=1.0),
+        summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with speed perturbation 0.8-1.2x on every training window instead of half",
+    ),
     "default-stats": Recipe(
         ModelConfig(conv_time_pool="stats"),
         AugmentConfig(),
