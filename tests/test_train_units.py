@@ -577,6 +577,11 @@ def test_recipes_derive_from_the_shipped_one():
     assert lr2.augment.speed_prob == 0.5 and every.augment.speed_prob == 1.0
     assert every.augment.speed_range == lr2.augment.speed_range
     assert dataclasses.replace(every.augment, speed_prob=lr2.augment.speed_prob) == lr2.augment
+    # The plateau-3 row waits 3 stale epochs instead of 5 before halving the rate, nothing else.
+    plateau3 = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-plateau3"]
+    assert (plateau3.model, plateau3.augment) == (lr2.model, lr2.augment)
+    assert lr2.train_config().plateau_patience == 5 and plateau3.train_config().plateau_patience == 3
+    assert {**plateau3.train, "plateau_patience": 5} == {**lr2.train, "plateau_patience": 5}
 
 
 def test_cli_export_offers_every_weight_storage():
