@@ -297,7 +297,6 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
     """Train a ParallelModel with a speaker-wise split, on a RAVDESS folder (DATA_DIR) or on your
     own clips (DATA_DIR: a CSV manifest with the columns path,label,speaker)."""
     pipeline = _train_modules()
-    from ser_edge.edge_runtime.features import FeatureConfig
     from ser_edge.train.augment import AugmentConfig
     from ser_edge.train.data import kfold_splits, split_actors
 
@@ -317,7 +316,7 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
                             speaker_adversarial=speaker_adversarial, intensity_aux=intensity_aux,
                             ema_decay=ema_decay, distill_weight=distill, distill_temperature=distill_temperature),
         teachers, distill)
-    feature_config = FeatureConfig()
+    feature_config = chosen.feature_config()
     try:
         prepared = pipeline.prepare(data_dir, feature_config, cache_dir=cache_dir, strict=strict)
     except SerEdgeError as exc:

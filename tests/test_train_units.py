@@ -582,6 +582,36 @@ def test_recipes_derive_from_the_shipped_one():
     assert (plateau3.model, plateau3.augment) == (lr2.model, lr2.augment)
     assert lr2.train_config().plateau_patience == 5 and plateau3.train_config().plateau_patience == 3
     assert {**plateau3.train, "plateau_patience": 5} == {**lr2.train, "plateau_patience": 5}
+    # The 8 kHz row changes only the mel filterbank's upper edge; every other recipe trains on
+    # the default front-end.
+    fmax8k = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-fmax8k"]
+    assert (fmax8k.model, fmax8k.augment, fmax8k.train) == (lr2.model, lr2.augment, lr2.train)
+    assert fmax8k.feature_config() == dataclasses.replace(FeatureConfig(), f_max_hz=8_000.0)
+    assert FeatureConfig().f_max_hz == FeatureConfig().sample_rate / 2
+    assert [name for name, r in recipes.RECIPES.items() if r.feature_config() != FeatureConfig()] == [
+        "fast-cmn-speed-wide-ema-long-lr2-fmax8k"]
+
+
+def test_cli_train_uses_the_recipes_front_end(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from ser_edge import cli
+    from ser_edge.edge_runtime.errors import SerEdgeError
+
+    seen = []
+
+    class Pipeline:  # stands in for train.pipeline: records the front-end, then stops the command
+        @staticmethod
+        def prepare(data_dir, feature_config, **kwargs):
+            seen.append(feature_config)
+            raise SerEdgeError(f"{data_dir}: stop here")
+
+    monkeypatch.setattr(cli, "_train_modules", lambda: Pipeline)
+    for recipe, f_max_hz in (("fast-cmn-speed-wide-ema-long-lr2-fmax8k", 8_000.0), (None, 24_000.0)):
+        args = ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")]
+        result = CliRunner().invoke(cli.main, args + (["--recipe", recipe] if recipe else []))
+        assert result.exit_code != 0 and "stop here" in result.output
+        assert seen.pop().f_max_hz == f_max_hz
 
 
 def test_cli_export_offers_every_weight_storage():
