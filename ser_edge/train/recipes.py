@@ -34,7 +34,7 @@ class Recipe:
 
     def feature_config(self) -> FeatureConfig:
         """The front-end settings this recipe's models are trained on."""
-        return dataclasses.replace(FeatureConfig(), **self.features)
+        return FeatureConfig(**self.features)
 
     def train_config(self, **overrides: Any) -> "TrainConfig":
         """TrainConfig with this recipe's settings, then ``overrides`` (those not None)."""
