@@ -234,6 +234,16 @@ RECIPES: dict[str, Recipe] = {
         _SHIPPED, model=dataclasses.replace(_SHIPPED.model, conv_channels=(16, 48, 96)),
         summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with CNN channels 16/48/96 instead of 16/32/64",
     ),
+    # The shipped recipe with a fourth CNN block (docs/ablation.md, session 60, "A deeper
+    # CNN"): the CNN is the whole model (the transformer branch is dead), a wider one did not
+    # help, and its depth was never varied. Pools (4,4),(2,2),(2,2),(2,2) instead of
+    # (4,4),(4,4),(2,2): the full-resolution block and the head's 64 x 4 x 17 input are the
+    # shipped ones; the extra work is at a sixteenth of the input's resolution or less.
+    "fast-cmn-speed-wide-ema-long-lr2-deep": dataclasses.replace(
+        _SHIPPED, model=dataclasses.replace(_SHIPPED.model, conv_channels=(16, 32, 64, 64),
+                                            conv_pools=((4, 4), (2, 2), (2, 2), (2, 2))),
+        summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with four CNN blocks (16/32/64/64, pools 4,2,2,2) instead of three",
+    ),
     # The shipped recipe with SpecAugment masks half as wide (docs/ablation.md, session 49,
     # "Narrower SpecAugment masks"): masks twice as wide lost 28 validation clips over four
     # folds (session 23); the other direction was never run.
