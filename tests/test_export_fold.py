@@ -62,7 +62,7 @@ def _export(wrapper, path):
     return path
 
 
-@pytest.mark.parametrize("changes", [{}, {"utterance_norm": True, "conv_time_pool": "stats"}])
+@pytest.mark.parametrize("changes", [{}, {"utterance_norm": True, "conv_time_pool": "stats"}, {"conv_se_reduction": 2}])
 def test_a_dead_branch_is_folded_and_the_member_computes_the_same_logits(changes):
     rng = np.random.default_rng(0)
     model = _model(0, dead=True, **changes)

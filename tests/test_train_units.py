@@ -640,6 +640,30 @@ def test_stats_pooling_ignores_the_order_of_time_steps():
         ModelConfig(conv_time_pool="max")
 
 
+def test_squeeze_excite_scales_each_channel_by_a_gate_from_all_channels_means():
+    from ser_edge.models.parallel import ConvBlock, ModelConfig, ParallelModel, SqueezeExcite
+
+    torch.manual_seed(0)
+    se = SqueezeExcite(8, reduction=4)
+    x = torch.randn(3, 8, 5, 7)
+    gate = se.gate(x.mean(dim=(2, 3)))
+    assert gate.shape == (3, 8) and bool(((gate > 0) & (gate < 1)).all())
+    torch.testing.assert_close(se(x), x * gate[:, :, None, None])
+    # The gate sees the whole map: changing one channel's values elsewhere rescales another channel.
+    y = x.clone()
+    y[:, 0] += 3.0
+    assert not torch.allclose(se(y)[:, 1], se(x)[:, 1])
+    # Off by default; on, the block keeps its other layers' indices, so checkpoints keep their keys.
+    plain, gated = ParallelModel(ModelConfig()), ParallelModel(ModelConfig(conv_se_reduction=4))
+    assert not any(isinstance(m, SqueezeExcite) for m in plain.modules())
+    assert sum(isinstance(m, SqueezeExcite) for m in gated.modules()) == len(ModelConfig().conv_channels)
+    plain_keys = {k for k in plain.state_dict() if k.startswith("conv.")}
+    assert plain_keys < {k for k in gated.state_dict() if k.startswith("conv.")}
+    assert isinstance(ConvBlock(1, 4, (2, 2), 0.1, se_reduction=2)[4], SqueezeExcite)
+    with pytest.raises(ValueError, match="conv_se_reduction"):
+        ModelConfig(conv_se_reduction=-1)
+
+
 def test_mixstyle_mixes_two_examples_channel_statistics_in_training_only():
     from ser_edge.models.parallel import STD_EPS, MixStyle, ModelConfig, ParallelModel
 

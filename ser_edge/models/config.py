@@ -45,12 +45,18 @@ class ModelConfig:
     # so it never reaches the exported graph.
     mixstyle_prob: float = 0.0
     mixstyle_alpha: float = 0.1
+    # Squeeze-and-excitation (Hu et al., CVPR 2018) in every CNN block, after its ReLU: each
+    # channel is scaled by a gate computed from all channels' means over (freq, time), through
+    # a bottleneck of channels // conv_se_reduction units. 0 = off (the blocks of the seed).
+    conv_se_reduction: int = 0
 
     def __post_init__(self) -> None:
         if self.conv_time_pool not in CONV_TIME_POOLS:
             raise ValueError(f"conv_time_pool must be one of {CONV_TIME_POOLS}, got {self.conv_time_pool!r}")
         if not 0.0 <= self.mixstyle_prob <= 1.0:
             raise ValueError(f"mixstyle_prob must be in [0, 1], got {self.mixstyle_prob}")
+        if self.conv_se_reduction < 0:
+            raise ValueError(f"conv_se_reduction must be 0 (off) or positive, got {self.conv_se_reduction}")
         if self.mixstyle_alpha <= 0:
             raise ValueError(f"mixstyle_alpha must be positive, got {self.mixstyle_alpha}")
         if self.n_mels // self.transformer_pool[0] != self.d_model:

@@ -39,13 +39,31 @@ def pool_time(conv: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return torch.flatten(conv, start_dim=1)
 
 
+class SqueezeExcite(nn.Module):
+    """Channel attention (Hu et al., CVPR 2018): each channel of ``(B, C, F, T)`` times a gate
+    in (0, 1) computed from every channel's mean over (freq, time)."""
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.gate = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x.mean(dim=(2, 3)))[:, :, None, None]
+
+
 class ConvBlock(nn.Sequential):
-    def __init__(self, in_ch: int, out_ch: int, pool: tuple[int, int], dropout: float) -> None:
+    """Conv, max-pool, BatchNorm, ReLU[, squeeze-and-excitation], dropout. The optional
+    gate sits after the parameter-free ReLU so that the other layers keep their indices
+    (and checkpoints their keys) with it on or off."""
+
+    def __init__(self, in_ch: int, out_ch: int, pool: tuple[int, int], dropout: float, se_reduction: int = 0) -> None:
         super().__init__(
             nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
             nn.MaxPool2d(pool, stride=pool),
             nn.BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),
+            *((SqueezeExcite(out_ch, se_reduction),) if se_reduction else ()),
             nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
         )
 
@@ -79,7 +97,7 @@ class ParallelModel(nn.Module):
         channels = (1, *config.conv_channels)
         self.conv = nn.Sequential(
             *(
-                ConvBlock(channels[i], channels[i + 1], config.conv_pools[i], config.conv_dropout)
+                ConvBlock(channels[i], channels[i + 1], config.conv_pools[i], config.conv_dropout, config.conv_se_reduction)
                 for i in range(len(config.conv_channels))
             )
         )

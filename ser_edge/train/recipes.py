@@ -244,6 +244,14 @@ RECIPES: dict[str, Recipe] = {
                                             conv_pools=((4, 4), (2, 2), (2, 2), (2, 2))),
         summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with four CNN blocks (16/32/64/64, pools 4,2,2,2) instead of three",
     ),
+    # The shipped recipe with squeeze-and-excitation in each CNN block (docs/ablation.md,
+    # session 61, "Squeeze-and-excitation in the CNN"): the CNN is the whole model; its width
+    # (session 47) and depth (session 60) were varied, how it weighs its channels never. A
+    # gate per channel from all channels' means (bottleneck of a quarter), 2.8 k weights.
+    "fast-cmn-speed-wide-ema-long-lr2-se": dataclasses.replace(
+        _SHIPPED, model=dataclasses.replace(_SHIPPED.model, conv_se_reduction=4),
+        summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with squeeze-and-excitation (reduction 4) after each CNN block's ReLU",
+    ),
     # The shipped recipe with SpecAugment masks half as wide (docs/ablation.md, session 49,
     # "Narrower SpecAugment masks"): masks twice as wide lost 28 validation clips over four
     # folds (session 23); the other direction was never run.
