@@ -116,6 +116,20 @@ def test_the_folded_ensemble_graph_matches_the_unfolded_members_and_is_smaller(t
     assert full_path.stat().st_size - folded_path.stat().st_size > 0.9 * branch_bytes
 
 
+def test_a_folded_squeeze_excite_member_exports_with_parity(tmp_path):
+    """The gates (global means, two linear layers, a sigmoid, a product) survive the folding
+    and the ONNX export: the file computes what the unfolded member computes."""
+    rng = np.random.default_rng(5)
+    member = _model(5, dead=True, utterance_norm=True, conv_se_reduction=2)
+    mean, scale = _scaler(rng)
+    (folded,), (verdict,) = fold_members([member], _standardised(_windows(rng, 16), mean, scale))
+    assert verdict.folded
+    path = _export(ExportWrapper([folded], mean, scale, temperature=1.2), tmp_path / "se.onnx")
+    assert "Sigmoid" in [node.op_type for node in onnx.load(str(path)).graph.node]
+    result = check_parity(ExportWrapper([member], mean, scale, temperature=1.2), path, _windows(rng, 8))
+    assert result.max_abs_diff < PARITY_ATOL and result.argmax_equal
+
+
 def test_a_fold_that_changes_the_outputs_fails_the_parity_check(tmp_path):
     """Folding a live branch (forced with a huge tolerance) is caught: parity is always taken
     against the unfolded members."""
