@@ -257,8 +257,8 @@ RECIPES: dict[str, Recipe] = {
     # The shipped recipe with finer frequency pooling in the first CNN block (docs/ablation.md,
     # session 61, "Finer frequency pooling first"): pools (2,4),(4,4),(4,2) instead of
     # (4,4),(4,4),(2,2). The first pooling halves the mel axis instead of quartering it, so
-    # the second block still sees the voice's harmonics (mel bins a quarter apart blur them
-    # below about 1 kHz); the head's 64 x 4 x 17 input is the shipped one. Mel bands up to 8 kHz
+    # the second block still sees the voice's harmonics (four pooled bands span about 125 Hz
+    # below 1 kHz, where they lie 100-250 Hz apart); the head's 64 x 4 x 17 input is the shipped one. Mel bands up to 8 kHz
     # (finer bands where the harmonics are) lowered the validation loss on every fold.
     "fast-cmn-speed-wide-ema-long-lr2-finefreq": dataclasses.replace(
         _SHIPPED, model=dataclasses.replace(_SHIPPED.model, conv_pools=((2, 4), (4, 4), (4, 2))),
