@@ -653,7 +653,7 @@ def test_squeeze_excite_scales_each_channel_by_a_gate_from_all_channels_means():
     y = x.clone()
     y[:, 0] += 3.0
     assert not torch.allclose(se(y)[:, 1], se(x)[:, 1])
-    # Off by default; on, the block keeps its other layers' indices, so checkpoints keep their keys.
+    # Off by default; on, the layers with weights keep their indices, so checkpoints keep their keys.
     plain, gated = ParallelModel(ModelConfig()), ParallelModel(ModelConfig(conv_se_reduction=4))
     assert not any(isinstance(m, SqueezeExcite) for m in plain.modules())
     assert sum(isinstance(m, SqueezeExcite) for m in gated.modules()) == len(ModelConfig().conv_channels)

@@ -54,8 +54,8 @@ class SqueezeExcite(nn.Module):
 
 class ConvBlock(nn.Sequential):
     """Conv, max-pool, BatchNorm, ReLU[, squeeze-and-excitation], dropout. The optional
-    gate sits after the parameter-free ReLU so that the other layers keep their indices
-    (and checkpoints their keys) with it on or off."""
+    gate sits after the ReLU, so only the parameter-free dropout moves up one index: the
+    layers with weights keep theirs (and checkpoints their keys) with it on or off."""
 
     def __init__(self, in_ch: int, out_ch: int, pool: tuple[int, int], dropout: float, se_reduction: int = 0) -> None:
         super().__init__(

@@ -258,8 +258,9 @@ RECIPES: dict[str, Recipe] = {
     # session 61, "Finer frequency pooling first"): pools (2,4),(4,4),(4,2) instead of
     # (4,4),(4,4),(2,2). The first pooling halves the mel axis instead of quartering it, so
     # the second block still sees the voice's harmonics (four pooled bands span about 125 Hz
-    # below 1 kHz, where they lie 100-250 Hz apart); the head's 64 x 4 x 17 input is the shipped one. Mel bands up to 8 kHz
-    # (finer bands where the harmonics are) lowered the validation loss on every fold.
+    # below 1 kHz, where they lie 100-250 Hz apart); the head's 64 x 4 x 17 input is the
+    # shipped one. Mel bands up to 8 kHz (finer bands where the harmonics are) lowered the
+    # validation loss on every fold.
     "fast-cmn-speed-wide-ema-long-lr2-finefreq": dataclasses.replace(
         _SHIPPED, model=dataclasses.replace(_SHIPPED.model, conv_pools=((2, 4), (4, 4), (4, 2))),
         summary="fast-cmn-speed-wide-ema-long-lr2 (the shipped recipe) with CNN pools (2,4),(4,4),(4,2) instead of (4,4),(4,4),(2,2): half the mel axis kept after the first block",
