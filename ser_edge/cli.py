@@ -277,6 +277,7 @@ def _train_modules():
 @click.option("--intensity-aux", type=click.FloatRange(min=0), help="Loss weight of a training-only intensity (normal/strong) head (0 = off)  [default: the recipe's]")
 @click.option("--mixstyle", type=click.FloatRange(0, 1), help="Probability per batch of MixStyle (per-channel statistics mixed between examples after the first CNN block; training only; 0 = off)  [default: the recipe's]")
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), help="Per-step decay of a moving average of the weights, which validation judges and which is saved (0 = off)  [default: the recipe's]")
+@click.option("--warmup-epochs", type=click.IntRange(min=0), help="Epochs over which the learning rate rises linearly to its value; the plateau schedule starts after them (0 = off)  [default: the recipe's]")
 @click.option("--reverb", type=click.FloatRange(0, 1), help="Probability of synthetic-room reverberation per training window  [default: the recipe's]")
 @click.option("--bandlimit", type=click.FloatRange(0, 1), help="Probability of 8/16 kHz band-limiting per training window  [default: the recipe's]")
 @click.option("--speed", type=click.FloatRange(0, 1), help="Probability of speed perturbation (the recipe's range, 0.9-1.1x unless it says otherwise) per training window  [default: the recipe's]")
@@ -292,7 +293,7 @@ def _train_modules():
 @click.option("--strict", is_flag=True, help="Fail on any file that is not a readable RAVDESS speech clip.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_seed, device, actors, recipe, only_fold, threads, augment,
-          mixup, speaker_adversarial, intensity_aux, mixstyle, ema_decay, reverb, bandlimit, speed, pitch, teachers, distill,
+          mixup, speaker_adversarial, intensity_aux, mixstyle, ema_decay, warmup_epochs, reverb, bandlimit, speed, pitch, teachers, distill,
           distill_temperature, init_from, init_member, refit_from, refit_hold_out, cache_dir, strict, quiet) -> None:
     """Train a ParallelModel with a speaker-wise split, on a RAVDESS folder (DATA_DIR) or on your
     own clips (DATA_DIR: a CSV manifest with the columns path,label,speaker)."""
@@ -314,7 +315,7 @@ def train(data_dir, out_dir, folds, epochs, patience, batch_size, seed, split_se
         chosen.train_config(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
                             early_stop_patience=patience, threads=threads,
                             speaker_adversarial=speaker_adversarial, intensity_aux=intensity_aux,
-                            ema_decay=ema_decay, distill_weight=distill, distill_temperature=distill_temperature),
+                            ema_decay=ema_decay, warmup_epochs=warmup_epochs, distill_weight=distill, distill_temperature=distill_temperature),
         teachers, distill)
     feature_config = chosen.feature_config()
     try:

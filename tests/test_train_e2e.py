@@ -74,6 +74,9 @@ def test_train_reload_evaluate_export_classify(small_data, tmp_path, monkeypatch
     mixing = runner.invoke(main, ["train", str(small_data), "--out", str(run_dir), "--epochs", "2",
                                   "--cache", str(cache), "--quiet", "--seed", "1", "--mixstyle", "0.5"])
     assert mixing.exit_code == 1 and "(different model.mixstyle_prob)" in mixing.output
+    warming = runner.invoke(main, ["train", str(small_data), "--out", str(run_dir), "--epochs", "2",
+                                   "--cache", str(cache), "--quiet", "--seed", "1", "--warmup-epochs", "1"])
+    assert warming.exit_code == 1 and "(different train.warmup_epochs)" in warming.output
     assert json.loads((run_dir / "config.json").read_text()) == resumed
 
     evaluated = runner.invoke(main, ["evaluate", str(run_dir), "--cache", str(cache), "--json", str(tmp_path / "eval.json")])

@@ -582,6 +582,11 @@ def test_recipes_derive_from_the_shipped_one():
     assert (plateau3.model, plateau3.augment) == (lr2.model, lr2.augment)
     assert lr2.train_config().plateau_patience == 5 and plateau3.train_config().plateau_patience == 3
     assert {**plateau3.train, "plateau_patience": 5} == {**lr2.train, "plateau_patience": 5}
+    # The warmup row warms the learning rate up over 5 epochs, nothing else.
+    warm = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-warmup"]
+    assert (warm.model, warm.augment) == (lr2.model, lr2.augment)
+    assert lr2.train_config().warmup_epochs == 0 and warm.train_config().warmup_epochs == 5
+    assert {**warm.train, "warmup_epochs": 0} == {**lr2.train, "warmup_epochs": 0}
     # The 8 kHz row changes only the mel filterbank's upper edge; every other recipe trains on
     # the default front-end.
     fmax8k = recipes.RECIPES["fast-cmn-speed-wide-ema-long-lr2-fmax8k"]
@@ -822,6 +827,53 @@ def test_weight_ema_is_what_validation_judges_and_it_resumes(tmp_path):
     train(tmp_path / "resumed", 1, 0.9)
     resumed, _ = train(tmp_path / "resumed", 2, 0.9)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_warmup_scale_rises_linearly_to_one_then_stays():
+    from ser_edge.train.trainer import warmup_scale
+
+    # Two warmup epochs of three batches: steps 1..6 of 6, then the full rate.
+    scales = [warmup_scale(epoch, batch, 3, 2) for epoch in (1, 2, 3) for batch in range(3)]
+    assert scales == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0, 1.0, 1.0, 1.0])
+    assert warmup_scale(1, 0, 3, 0) == 1.0  # off
+
+
+def test_warmup_trains_each_step_at_its_share_and_the_plateau_starts_after_it(tmp_path, monkeypatch):
+    from ser_edge.train.trainer import CHECKPOINT, TrainConfig, Trainer
+
+    fs, split = _random_feature_set()
+    stepped: list[float] = []
+    original_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        stepped.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    def train(run_dir, epochs, warmup):
+        tc = TrainConfig(epochs=epochs, batch_size=8, threads=1, lr=1e-3, warmup_epochs=warmup,
+                         plateau_patience=0, early_stop_patience=99)
+        metrics = Trainer(run_dir, fs, split, feature_config=SMALL_FEATURES, train_config=tc,
+                          model_config=small_model_config(utterance_norm=True), augment=AugmentConfig.off()).run()
+        return metrics, torch.load(run_dir / CHECKPOINT, weights_only=True)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    metrics, saved = train(tmp_path / "warm", 3, 2)
+    # 24 training clips / batch 8 = 3 steps per epoch: 1/6 .. 6/6 of the rate, then all of it.
+    assert stepped[:6] == pytest.approx([1e-3 * s / 6 for s in range(1, 7)])
+    assert stepped[6:9] == pytest.approx([1e-3] * 3)
+    # The plateau (patience 0) steps only after the warmup: one step, at epoch 3.
+    assert saved["plateau"]["last_epoch"] == 1
+    assert [r["lr"] for r in metrics["history"][:2]] == [1e-3, 1e-3]
+    # Without the warmup the plateau steps every epoch and every step trains at the rate.
+    stepped.clear()
+    _, plain = train(tmp_path / "plain", 3, 0)
+    assert plain["plateau"]["last_epoch"] == 3
+    assert stepped[:3] == pytest.approx([1e-3] * 3)
+    # Three epochs at once == two, then resumed for the third (the warmup's end included).
+    train(tmp_path / "resumed", 2, 2)
+    _, resumed = train(tmp_path / "resumed", 3, 2)
+    assert all(torch.equal(saved["model"][k], resumed["model"][k]) for k in saved["model"])
+    assert not all(torch.equal(saved["model"][k], plain["model"][k]) for k in saved["model"])
 
 
 def test_mixstyle_trains_and_resumes_exactly(tmp_path):

@@ -65,6 +65,10 @@ class TrainConfig:
     # 0 = off. The teachers (run folders of the same split) are given to the Trainer.
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
+    # Linear learning-rate warmup over the first epochs (0 = off): step s of the warmup (1-based)
+    # trains at lr * s / (warmup_epochs * batches per epoch). The plateau schedule starts
+    # counting after it; an epoch's recorded ``lr`` is the scheduled one it warms up to.
+    warmup_epochs: int = 0
 
     def stops(self, epoch: int, stale_epochs: int) -> bool:
         """Whether a run at ``epoch``, ``stale_epochs`` after its best, trains no further:
@@ -84,6 +88,15 @@ RESUMABLE_CHANGES = frozenset({
 
 class ResumeMismatchError(SerEdgeError):
     """The run folder holds a checkpoint of a run with another recipe, split or data."""
+
+
+def warmup_scale(epoch: int, batch: int, n_batches: int, warmup_epochs: int) -> float:
+    """The learning-rate multiplier of batch ``batch`` (0-based) of ``epoch`` (1-based): it
+    rises linearly to 1 at the last step of epoch ``warmup_epochs`` and is 1 after (and
+    always, with ``warmup_epochs`` 0)."""
+    if epoch > warmup_epochs:
+        return 1.0
+    return ((epoch - 1) * n_batches + batch + 1) / (warmup_epochs * n_batches)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -429,9 +442,11 @@ class Trainer:
         return x.to(device=self.tc.device, memory_format=torch.channels_last)
 
     def _train_epoch(self, learner: "_Learner", criterion, scaler: Scaler, clip_windows: list[np.ndarray],
-                     bar) -> tuple[float, float, dict[str, float]]:
+                     bar, epoch: int) -> tuple[float, float, dict[str, float]]:
         """One pass over the training clips: mean total loss, accuracy on the augmented
-        windows, and each training-only head's own (unweighted) mean loss, by head name."""
+        windows, and each training-only head's own (unweighted) mean loss, by head name.
+        Within the warmup each step trains at its share of the scheduled rate, which the
+        optimizer holds again when the epoch ends."""
         model, optimizer, heads, rng, gen = learner.model, learner.optimizer, learner.heads, learner.rng, learner.gen
         model.train()
         if self.tc.random_window:
@@ -442,7 +457,12 @@ class Trainer:
         labels_all = self.fs.labels
         total_loss, correct, seen = 0.0, 0, 0
         head_totals = dict.fromkeys(heads, 0.0)
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        n_batches = -(-len(picks) // self.tc.batch_size)
         for i in range(0, len(picks), self.tc.batch_size):
+            scale = warmup_scale(epoch, i // self.tc.batch_size, n_batches, self.tc.warmup_epochs)
+            for group, lr in zip(optimizer.param_groups, scheduled):
+                group["lr"] = lr * scale
             rows = picks[i : i + self.tc.batch_size]
             x = self._batch(rows, scaler, rng, gen)
             y = torch.from_numpy(labels_all[rows]).to(self.tc.device)
@@ -474,6 +494,8 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
         return total_loss / seen, correct / seen, {name: total / seen for name, total in head_totals.items()}
 
     def _clip_predictions(self, model, scaler: Scaler, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -526,9 +548,9 @@ class Trainer:
             if self.replay is not None:
                 for group in learner.optimizer.param_groups:
                     group["lr"] = self.replay.lrs[epoch - 1]
-            train_loss, train_acc, head_losses = self._train_epoch(learner, criterion, scaler, clip_windows, bar)
+            train_loss, train_acc, head_losses = self._train_epoch(learner, criterion, scaler, clip_windows, bar, epoch)
             val = self.evaluate(learner.scored, scaler, "val") if len(self.rows["val"]) else None
-            if self.replay is None:
+            if self.replay is None and epoch > self.tc.warmup_epochs:
                 learner.plateau.step(val["loss"])
             record = {
                 "epoch": epoch,
